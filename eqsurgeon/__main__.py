@@ -1,0 +1,3 @@
+from eqsurgeon.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Registers every zoo model (filled in by the zoo issue)."""
