@@ -47,3 +47,22 @@ class TinySeg(nn.Module):
 
 def tiny_seg(num_classes: int = 5, width: int = 16) -> nn.Module:
     return TinySeg(num_classes, width)
+
+
+class _NanAfter(TinySeg):
+    """Trains normally for ``after`` training forwards, then returns NaN logits."""
+
+    def __init__(self, after: int, num_classes: int) -> None:
+        super().__init__(num_classes)
+        self.after, self.calls = after, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        out = super().forward(x)
+        if not self.training:
+            return out
+        self.calls += 1
+        return (out[0] * float("nan"), out[1]) if self.calls > self.after else out
+
+
+def nan_after(after: int = 5, num_classes: int = 5) -> nn.Module:
+    return _NanAfter(after, num_classes)

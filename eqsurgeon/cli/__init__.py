@@ -26,10 +26,13 @@ def _root(
 
 def _register() -> None:
     # Each command lives in its own module; registering here keeps the order of `--help` deliberate.
-    from eqsurgeon.cli import analyze, check
+    from eqsurgeon.cli import analyze, check, demo_data, eval, train
 
     app.command("analyze")(analyze.analyze)
     app.command("check")(check.check)
+    app.command("train")(train.train)
+    app.command("eval")(eval.evaluate)
+    app.command("demo-data")(demo_data.demo_data)
 
 
 _register()

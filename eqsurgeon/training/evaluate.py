@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from pathlib import Path
+
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from eqsurgeon.data.segmentation import SegmentationDataset
+from eqsurgeon.errors import CheckpointError, RecipeError
 from eqsurgeon.training import distributed
-from eqsurgeon.training.config import DataConfig, EvalConfig
+from eqsurgeon.training.config import DataConfig, EvalConfig, TrainConfig
 from eqsurgeon.training.inference import predict
 from eqsurgeon.training.metrics import SegMetrics, area_counts, summarize
 
@@ -79,3 +84,52 @@ def _rank_world() -> tuple[int, int]:
     if torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
+
+
+def evaluate_checkpoint(cfg: TrainConfig, checkpoint: Path) -> SegMetrics:
+    """Build ``cfg``'s model, load ``checkpoint`` (safetensors) and evaluate it on ``cfg.eval.split``.
+
+    A checkpoint written by an insert-mode run carries its equalizers' record in its metadata, which
+    rebuilds them before the weights load.
+
+    >>> # eqsurgeon eval train/recipes/demo.toml --checkpoint runs/demo/best.safetensors
+    """
+    from eqsurgeon.data.segmentation import find_samples
+    from eqsurgeon.data.transforms import eval_pipeline
+    from eqsurgeon.training.checkpoint import load_weights
+    from eqsurgeon.training.model import build_model
+
+    d = cfg.data
+    if not d.root:
+        raise RecipeError("no dataset: set data.root in the recipe or pass --data DIR")
+    if not Path(checkpoint).is_file():
+        raise CheckpointError(
+            f"checkpoint {checkpoint} does not exist; pass a .safetensors from a run folder"
+        )
+    dataset = SegmentationDataset(
+        find_samples(Path(d.root), cfg.eval.split, d.format),
+        d.num_classes,
+        d.ignore_index,
+        eval_pipeline(cfg.eval.scale),
+    )
+    info = distributed.setup(cfg.run.device)
+    try:
+        model = build_model(dataclasses.replace(cfg.model, init=""))
+        weights, metadata = load_weights(Path(checkpoint))
+        if "eqsurgeon" in metadata:
+            from eqsurgeon.training.equalize import rebuild_inserted
+
+            record = json.loads(metadata["eqsurgeon"])
+            if record.get("mode") == "insert":
+                model = rebuild_inserted(model, record)
+        try:
+            model.load_state_dict(weights)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+            raise CheckpointError(f"{checkpoint} does not fit model {cfg.model.name}: {first}") from None
+        model.to(info.device)
+        if cfg.run.channels_last:
+            model.to(memory_format=torch.channels_last)
+        return evaluate(model, dataset, d, cfg.eval, info.device, cfg.run.amp, cfg.run.channels_last)
+    finally:
+        distributed.cleanup()
