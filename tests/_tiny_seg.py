@@ -66,3 +66,18 @@ class _NanAfter(TinySeg):
 
 def nan_after(after: int = 5, num_classes: int = 5) -> nn.Module:
     return _NanAfter(after, num_classes)
+
+
+class _Slow(TinySeg):
+    """Sleeps in each training forward, so a test can kill the run between two checkpoints."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if self.training:
+            import time
+
+            time.sleep(0.2)
+        return super().forward(x)
+
+
+def slow_seg(num_classes: int = 5) -> nn.Module:
+    return _Slow(num_classes)

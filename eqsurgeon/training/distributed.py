@@ -82,6 +82,18 @@ def broadcast_object(obj: Any) -> Any:
     return box[0]
 
 
+def broadcast_buffers(model: torch.nn.Module) -> None:
+    """Copy rank 0's buffers (BN running statistics) to every rank.
+
+    On CPU there is no SyncBatchNorm, so each rank's BN tracks its own batches; DDP broadcasts rank 0's
+    buffers before each forward. Doing it once more before evaluating and at the end leaves every rank
+    holding exactly the weights rank 0 checkpoints.
+    """
+    if dist.is_initialized():
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def barrier() -> None:
     """Wait for every rank (no-op in one process)."""
     if dist.is_initialized():

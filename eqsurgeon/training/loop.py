@@ -55,6 +55,7 @@ class TrainResult:
     metrics: SegMetrics | None
     seconds: float
     eq: dict[str, Any] | None
+    model: nn.Module  # the trained model, unwrapped from DDP/compile, on its device
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, on_log: LogFn | None = None) -> TrainResult:
@@ -223,6 +224,7 @@ def _train(cfg: TrainConfig, resume: bool, on_log: LogFn, info: distributed.Dist
             window_start, window_iters = time.perf_counter(), 0
 
         if (cfg.eval.interval and done % cfg.eval.interval == 0) or last:
+            distributed.broadcast_buffers(raw)
             metrics = evaluate(raw, val_set, d, cfg.eval, device, cfg.run.amp, cfg.run.channels_last)
             record = {"iter": done, "mIoU": metrics.miou, "aAcc": metrics.aacc, "IoU": list(metrics.iou)}
             if info.is_main:
@@ -272,7 +274,7 @@ def _train(cfg: TrainConfig, resume: bool, on_log: LogFn, info: distributed.Dist
         writer.close()
     final = checkpoint_files(run_dir, cfg.schedule.iters).weights
     result = TrainResult(
-        run_dir, cfg.schedule.iters, final, best_miou, metrics, time.perf_counter() - t_start, eq_record
+        run_dir, cfg.schedule.iters, final, best_miou, metrics, time.perf_counter() - t_start, eq_record, raw
     )
     if info.is_main:
         write_json(
