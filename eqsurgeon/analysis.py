@@ -80,8 +80,14 @@ def analyze(
     measurement = measure(model, findings.sites, _chain(first, it), bn_mode)
     size = (int(first.shape[-2]), int(first.shape[-1]))
     return Analysis(
-        model_name, captured.frontend, captured.fx_error, measurement.bn_mode,
-        InputInfo(source, measurement.images, size), findings.sites, findings.add_sites, measurement.moments,
+        model_name,
+        captured.frontend,
+        captured.fx_error,
+        measurement.bn_mode,
+        InputInfo(source, measurement.images, size),
+        findings.sites,
+        findings.add_sites,
+        measurement.moments,
     )
 
 

@@ -37,8 +37,9 @@ class CheckResult:
         return all(v.passed for v in self.verdicts)
 
 
-def check(analysis: Analysis, max_ratio: float = DEFAULT_MAX_RATIO, metadata: Mapping[str, str] | None = None
-          ) -> CheckResult:
+def check(
+    analysis: Analysis, max_ratio: float = DEFAULT_MAX_RATIO, metadata: Mapping[str, str] | None = None
+) -> CheckResult:
     """Verdict per site: an equalizable site passes when its effective var_ratio ≤ ``max_ratio``.
 
     Skipped sites cannot be equalized and never fail the check.

@@ -48,14 +48,34 @@ _UPSAMPLE_ATEN = {
 # identity, copies and dtype casts.
 _TRANSPARENT_MODULES: tuple[type[nn.Module], ...] = (nn.modules.dropout._DropoutNd, nn.Identity)
 _TRANSPARENT_FUNCS = {
-    F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout,
-    torch.dropout, torch.feature_dropout, torch.alpha_dropout, torch.feature_alpha_dropout, torch.clone,
+    F.dropout,
+    F.dropout1d,
+    F.dropout2d,
+    F.dropout3d,
+    F.alpha_dropout,
+    F.feature_alpha_dropout,
+    torch.dropout,
+    torch.feature_dropout,
+    torch.alpha_dropout,
+    torch.feature_alpha_dropout,
+    torch.clone,
 }
 _TRANSPARENT_METHODS = {"contiguous", "clone", "float", "half", "bfloat16", "double", "to", "type"}
 _TRANSPARENT_ATEN = {
-    aten.dropout, aten.dropout_, aten.feature_dropout, aten.feature_dropout_, aten.alpha_dropout,
-    aten.alpha_dropout_, aten.feature_alpha_dropout, aten.feature_alpha_dropout_, aten.clone,
-    aten._to_copy, aten.to, aten.contiguous, aten.alias, aten.type_as,
+    aten.dropout,
+    aten.dropout_,
+    aten.feature_dropout,
+    aten.feature_dropout_,
+    aten.alpha_dropout,
+    aten.alpha_dropout_,
+    aten.feature_alpha_dropout,
+    aten.feature_alpha_dropout_,
+    aten.clone,
+    aten._to_copy,
+    aten.to,
+    aten.contiguous,
+    aten.alias,
+    aten.type_as,
 }
 
 # Ops that only rearrange values (layout): they keep a feature's distribution, so walking back from a
@@ -63,18 +83,35 @@ _TRANSPARENT_ATEN = {
 _LAYOUT_METHODS = {"permute", "transpose", "reshape", "view", "flatten", "movedim", "squeeze", "unsqueeze"}
 _LAYOUT_FUNCS = {torch.permute, torch.transpose, torch.reshape, torch.flatten, torch.movedim}
 _LAYOUT_ATEN = {
-    aten.permute, aten.transpose, aten.reshape, aten.view, aten._unsafe_view, aten.flatten, aten.movedim,
-    aten.squeeze, aten.unsqueeze,
+    aten.permute,
+    aten.transpose,
+    aten.reshape,
+    aten.view,
+    aten._unsafe_view,
+    aten.flatten,
+    aten.movedim,
+    aten.squeeze,
+    aten.unsqueeze,
 }
 
 _FUSING_FUNCS: dict[object, str] = {
-    F.conv1d: "conv1d", F.conv2d: "conv2d", F.conv3d: "conv3d", F.conv_transpose1d: "conv_transpose1d",
-    F.conv_transpose2d: "conv_transpose2d", F.conv_transpose3d: "conv_transpose3d", F.linear: "linear",
+    F.conv1d: "conv1d",
+    F.conv2d: "conv2d",
+    F.conv3d: "conv3d",
+    F.conv_transpose1d: "conv_transpose1d",
+    F.conv_transpose2d: "conv_transpose2d",
+    F.conv_transpose3d: "conv_transpose3d",
+    F.linear: "linear",
 }
 _FUSING_ATEN = {
-    aten.conv1d: "conv1d", aten.conv2d: "conv2d", aten.conv3d: "conv3d",
-    aten.conv_transpose1d: "conv_transpose1d", aten.conv_transpose2d: "conv_transpose2d",
-    aten.conv_transpose3d: "conv_transpose3d", aten.linear: "linear", aten.convolution: "convolution",
+    aten.conv1d: "conv1d",
+    aten.conv2d: "conv2d",
+    aten.conv3d: "conv3d",
+    aten.conv_transpose1d: "conv_transpose1d",
+    aten.conv_transpose2d: "conv_transpose2d",
+    aten.conv_transpose3d: "conv_transpose3d",
+    aten.linear: "linear",
+    aten.convolution: "convolution",
 }
 _ADD_FUNCS = {operator.add, operator.iadd, torch.add}
 _ADD_ATEN = {aten.add, aten.add_}
@@ -244,5 +281,5 @@ def _clean_path(path: str) -> str:
     # Non-strict export may spell paths as "L['self'].a.b" or "a.b.0"; keep the plain FQN.
     for prefix in ("L['self'].", "L['self']"):
         if path.startswith(prefix):
-            path = path[len(prefix):]
+            path = path[len(prefix) :]
     return path.replace("._modules['", ".").replace("']", "")

@@ -88,10 +88,15 @@ def resolve_bn_mode(model: nn.Module, bn_mode: str = "auto") -> str:
     if bn_mode != "auto":
         return bn_mode
     for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
-            if bool(m.running_mean.eq(0).all()) and bool(m.running_var.eq(1).all()):
-                return "batch"  # never saw data: eval mode would not show what training sees
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and _never_saw_data(m):
+            return "batch"  # eval mode would not show what training sees
     return "eval"
+
+
+def _never_saw_data(bn: nn.modules.batchnorm._BatchNorm) -> bool:
+    if bn.running_mean is None or bn.running_var is None:
+        return False
+    return bool(bn.running_mean.eq(0).all()) and bool(bn.running_var.eq(1).all())
 
 
 @contextmanager

@@ -88,8 +88,12 @@ def _subject_dict(subject: Subject) -> dict[str, Any]:
     return {
         "channels": list(subject.channels),
         "source": subject.source,
-        "upsample": None if up is None else {
-            "mode": up.mode, "factor": list(up.factor), "align_corners": up.align_corners,
+        "upsample": None
+        if up is None
+        else {
+            "mode": up.mode,
+            "factor": list(up.factor),
+            "align_corners": up.align_corners,
         },
     }
 

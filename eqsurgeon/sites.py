@@ -149,7 +149,12 @@ def _sites_of_cat(view: OpView, cat: fx.Node, calls: Counter[str]) -> list[tuple
 def _make_site(view, consumer, fusing, subjects, channel_dim, calls) -> FusionSite:
     if fusing.module_name is None:
         return FusionSite(
-            consumer.name, fusing.op, 1, subjects, channel_dim, "skipped",
+            consumer.name,
+            fusing.op,
+            1,
+            subjects,
+            channel_dim,
+            "skipped",
             f"functional {fusing.op} with no module of its own: there is no layer to hook or fold",
         )
     mod = view.modules[fusing.module_name]
@@ -157,13 +162,23 @@ def _make_site(view, consumer, fusing, subjects, channel_dim, calls) -> FusionSi
     n_calls = calls[view.weight_key(consumer) or ""]
     if n_calls > 1:
         return FusionSite(
-            fusing.module_name, fusing.op, groups, subjects, channel_dim, "skipped",
+            fusing.module_name,
+            fusing.op,
+            groups,
+            subjects,
+            channel_dim,
+            "skipped",
             f"module runs {n_calls} times per forward; folding would rescale every call",
         )
     width = mod.in_features if isinstance(mod, nn.Linear) else mod.in_channels
     if subjects[-1].channels[1] != width:
         return FusionSite(
-            fusing.module_name, fusing.op, groups, subjects, channel_dim, "skipped",
+            fusing.module_name,
+            fusing.op,
+            groups,
+            subjects,
+            channel_dim,
+            "skipped",
             f"concat gives {subjects[-1].channels[1]} channels but the layer takes {width}",
         )
     return FusionSite(fusing.module_name, fusing.op, groups, subjects, channel_dim)

@@ -70,7 +70,13 @@ def _as_dict(model: str, result: CheckResult) -> dict[str, object]:
         "passed": result.passed,
         "max_ratio": result.max_ratio,
         "sites": [
-            {"layer": v.layer, "var_ratio": v.ratio, "passed": v.passed, "equalized": v.equalized, "note": v.note}
+            {
+                "layer": v.layer,
+                "var_ratio": v.ratio,
+                "passed": v.passed,
+                "equalized": v.equalized,
+                "note": v.note,
+            }
             for v in result.verdicts
         ],
     }

@@ -44,7 +44,7 @@ def handle_errors(fn: F) -> F:
 ModelArg = Annotated[
     str,
     typer.Argument(
-        help="file.py:factory, package.module:factory, torchvision:<name>, or a zoo name (`eqsurgeon models`)",
+        help="file.py:factory, package.module:factory, torchvision:<name>, or a zoo name (eqsurgeon models)",
         show_default=False,
     ),
 ]
@@ -134,14 +134,21 @@ def measured_analysis(
         norm = model_normalization(model)
         mean, std = norm if norm else (None, None)
         loader, _ = image_loader(
-            data, size=size, batch_size=batch_size, mean=mean, std=std, max_images=batch_size * batches,
+            data,
+            size=size,
+            batch_size=batch_size,
+            mean=mean,
+            std=std,
+            max_images=batch_size * batches,
             seed=seed,
         )
         inputs = (b.to(device) for b in _images_only(loader))
         source = str(data)
     if bn_mode == "batch" or bn_mode == "auto":
         _require_batch_for_bn(model, batch_size, bn_mode)
-    return analyze(model, inputs, frontend=frontend, bn_mode=bn_mode, model_name=model_spec, source=source), metadata
+    return analyze(
+        model, inputs, frontend=frontend, bn_mode=bn_mode, model_name=model_spec, source=source
+    ), metadata
 
 
 def _images_only(loader: Any) -> Any:

@@ -32,7 +32,9 @@ def print_sites(analysis: Analysis) -> None:
     for site in analysis.sites:
         ratio = analysis.var_ratio(site)
         table = Table(
-            title=escape(f"{site.layer}  ({site.op}, groups={site.groups})  var_ratio={_fmt(ratio)}  [{site.status}]"),
+            title=escape(
+                f"{site.layer}  ({site.op}, groups={site.groups})  var_ratio={_fmt(ratio)}  [{site.status}]"
+            ),
             title_justify="left",
             caption=escape(reading(analysis, site)),
             caption_justify="left",
@@ -41,7 +43,11 @@ def print_sites(analysis: Analysis) -> None:
             table.add_column(col, justify="right" if col in ("mean", "var") else "left", overflow="fold")
         moments = analysis.moments.get(site.layer)
         for i, s in enumerate(site.subjects):
-            up = "-" if s.upsample is None else f"{s.upsample.mode} x{'x'.join(_g(f) for f in s.upsample.factor)}"
+            up = (
+                "-"
+                if s.upsample is None
+                else f"{s.upsample.mode} x{'x'.join(_g(f) for f in s.upsample.factor)}"
+            )
             mean = _fmt(moments[i].mean) if moments else "-"
             var = _fmt(moments[i].var) if moments else "-"
             table.add_row(str(i), f"{s.channels[0]}:{s.channels[1]}", s.source, up, mean, var)
