@@ -22,12 +22,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
 
 from eqsurgeon.errors import CheckpointError, OutputExistsError
+from eqsurgeon.loading import read_state_dict
 
 METADATA_KEY = "eqsurgeon"
 FORMAT_VERSION = 1
@@ -165,33 +164,13 @@ def save_checkpoint(
 def read_checkpoint(path: Path | str) -> tuple[dict[str, torch.Tensor], CalibrationMeta | None]:
     """Read a state dict and, when the file is a calibrated checkpoint, its ``CalibrationMeta``.
 
-    ``.safetensors`` files are read directly; ``.pt``/``.pth`` only with ``torch.load(weights_only=True)``
-    (a dict nested under "state_dict" or "model" is unwrapped).
+    Reading is ``eqsurgeon.loading.read_state_dict``: safetensors, or ``.pt``/``.pth`` only with
+    ``torch.load(weights_only=True)`` (a dict nested under "state_dict" or "model" is unwrapped).
 
     Raises:
         CheckpointError: the file is missing or not a readable state dict.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} not found; pass --checkpoint an existing file")
-    try:
-        if path.suffix == ".safetensors":
-            tensors = load_file(path)
-            with safe_open(path, "pt") as fh:
-                header = fh.metadata() or {}
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-            for key in ("state_dict", "model"):
-                if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-                    obj = obj[key]
-            if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-                raise ValueError("not a dict of tensors")
-            tensors, header = obj, {}
-    except Exception as exc:
-        raise CheckpointError(
-            f"cannot read checkpoint {path} ({type(exc).__name__}: {exc}); "
-            "pass a .safetensors or .pt state dict"
-        ) from exc
+    tensors, header = read_state_dict(Path(path))
     meta = CalibrationMeta.from_json(header[METADATA_KEY]) if METADATA_KEY in header else None
     return tensors, meta
 

@@ -141,7 +141,9 @@ def test_empty_missing_and_corrupt_only_folders_raise_data_error(tmp_path: Path)
         list(loader)
 
 
-def test_bad_mean_std_raise_data_error(folder: Path) -> None:
+def test_mean_std_default_to_imagenet_and_bad_ones_raise(folder: Path) -> None:
+    loader, _ = image_loader(folder, size=(8, 8), mean=None, std=None)
+    assert next(iter(loader)).shape[1] == 3
     with pytest.raises(DataError, match="--mean/--std"):
         image_loader(folder, std=(0.2, 0.0, 0.2))
 

@@ -235,8 +235,8 @@ def image_loader(
     root_or_source: Path | str | ImageSource,
     size: tuple[int, int] = (512, 512),
     batch_size: int = 8,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     workers: int = 0,
     max_images: int | None = None,
     seed: int = 0,
@@ -248,8 +248,8 @@ def image_loader(
         root_or_source: folder to scan, or the result of ``scan_images``.
         size: (height, width) of every image tensor.
         batch_size: images per batch (a batch can be smaller when files fail to decode).
-        mean: per-channel mean, in [0, 1] units; see ``model_normalization``.
-        std: per-channel std, in [0, 1] units.
+        mean: per-channel mean, in [0, 1] units; None: ImageNet's. See ``model_normalization``.
+        std: per-channel std, in [0, 1] units; None: ImageNet's.
         workers: loader worker processes (0 decodes in this process).
         max_images: keep only this many images.
         seed: seeds the shuffle of the sorted file list, so a ``max_images`` subset is a random sample of
@@ -268,6 +268,8 @@ def image_loader(
     order = torch.randperm(len(source.paths), generator=torch.Generator().manual_seed(seed)).tolist()
     paths = tuple(source.paths[i] for i in order)[: max_images or None]
     source = ImageSource(paths, source.skipped, source.root)
+    mean = IMAGENET_MEAN if mean is None else tuple(mean)
+    std = IMAGENET_STD if std is None else tuple(std)
     if len(mean) != 3 or len(std) != 3 or any(s <= 0 or not math.isfinite(s) for s in std):
         raise DataError(f"--mean/--std need 3 values each and a positive std, got {mean} / {std}")
     dataset = ImageDataset(paths, size, mean, std)
