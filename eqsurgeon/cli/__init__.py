@@ -29,7 +29,7 @@ def _register() -> None:
     from eqsurgeon.cli import analyze, check, models
 
     app.command("analyze")(analyze.analyze)
-    app.command("check")(check.check)
+    app.command("check")(check.check_cmd)
     app.command("models")(models.models)
 
 

@@ -44,7 +44,7 @@ def handle_errors(fn: F) -> F:
 ModelArg = Annotated[
     str,
     typer.Argument(
-        help="file.py:factory, package.module:factory, torchvision:<name>, or a zoo name (`eqsurgeon models`)",
+        help="file.py:factory, package.module:factory, torchvision:<name>, or a zoo name (eqsurgeon models)",
         show_default=False,
     ),
 ]
@@ -71,3 +71,95 @@ BnModeOpt = Annotated[
     ),
 ]
 FrontendOpt = Annotated[str, typer.Option("--frontend", help="auto (fx, then torch.export), fx or export")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda when available), cpu or cuda")]
+JsonOutOpt = Annotated[Path | None, typer.Option("--json", help="write the report as JSON to this file")]
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"512x1024"`` → (512, 1024); ``"512"`` → (512, 512)."""
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        size = tuple(int(p) for p in parts)
+    except ValueError:
+        size = ()
+    if len(size) == 1:
+        size = size * 2
+    if len(size) != 2 or min(size) < 1:
+        raise EqSurgeonError(f"--input-size {text!r} is not HxW; write e.g. --input-size 512x512")
+    return size  # type: ignore[return-value]
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise EqSurgeonError(f"--device {device!r} is unknown; use auto, cpu or cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise EqSurgeonError("--device cuda asked for, but no CUDA device is available; use --device cpu")
+    return device
+
+
+def measured_analysis(
+    model_spec: str,
+    arg: list[str] | None,
+    checkpoint: Path | None,
+    data: Path | None,
+    input_size: str,
+    batch_size: int,
+    batches: int,
+    seed: int,
+    bn_mode: str,
+    frontend: str,
+    device: str = "cpu",
+) -> tuple[Any, dict[str, str]]:
+    """Load, capture, find and measure as the shared options say; returns (Analysis, checkpoint metadata)."""
+    from eqsurgeon.analysis import analyze, synthetic_batches
+    from eqsurgeon.loading import load_model, parse_kwargs, read_state_dict
+    from eqsurgeon.measure import BN_MODES
+
+    if bn_mode not in BN_MODES:
+        raise EqSurgeonError(f"--bn-mode {bn_mode!r} is unknown; use one of {', '.join(BN_MODES)}")
+    size = parse_size(input_size)
+    device = resolve_device(device)
+    model = load_model(model_spec, parse_kwargs(arg), checkpoint).to(device)
+    metadata = read_state_dict(checkpoint)[1] if checkpoint else {}
+    if data is None:
+        inputs = synthetic_batches(size, batch_size, batches, seed, device)
+        source = "synthetic"
+    else:
+        from eqsurgeon.data.images import image_loader, model_normalization
+
+        norm = model_normalization(model)
+        mean, std = norm if norm else (None, None)
+        loader, _ = image_loader(
+            data,
+            size=size,
+            batch_size=batch_size,
+            mean=mean,
+            std=std,
+            max_images=batch_size * batches,
+            seed=seed,
+        )
+        inputs = (b.to(device) for b in _images_only(loader))
+        source = str(data)
+    if bn_mode == "batch" or bn_mode == "auto":
+        _require_batch_for_bn(model, batch_size, bn_mode)
+    return analyze(
+        model, inputs, frontend=frontend, bn_mode=bn_mode, model_name=model_spec, source=source
+    ), metadata
+
+
+def _images_only(loader: Any) -> Any:
+    for batch in loader:
+        yield batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def _require_batch_for_bn(model: Any, batch_size: int, bn_mode: str) -> None:
+    from eqsurgeon.measure import resolve_bn_mode
+
+    if batch_size < 2 and resolve_bn_mode(model, bn_mode) == "batch":
+        raise EqSurgeonError(
+            "BN on batch statistics needs at least 2 images per forward; use --batch-size 2 or --bn-mode eval"
+        )
