@@ -61,7 +61,9 @@ DataOpt = Annotated[
 InputSizeOpt = Annotated[str, typer.Option("--input-size", help="input height x width, e.g. 512x512")]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1, help="images per forward")]
 BatchesOpt = Annotated[int, typer.Option("--batches", min=1, help="forwards to measure over")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="seed for synthetic input and sampling")]
+SeedOpt = Annotated[
+    int, typer.Option("--seed", help="seed for model initialization, synthetic input and image sampling")
+]
 BnModeOpt = Annotated[
     str,
     typer.Option(
@@ -124,6 +126,9 @@ def measured_analysis(
         raise EqSurgeonError(f"--bn-mode {bn_mode!r} is unknown; use one of {', '.join(BN_MODES)}")
     size = parse_size(input_size)
     device = resolve_device(device)
+    import torch
+
+    torch.manual_seed(seed)  # a freshly initialized model is part of what is measured: make it repeatable
     model = load_model(model_spec, parse_kwargs(arg))
     metadata: dict[str, str] = {}
     if checkpoint is not None:
