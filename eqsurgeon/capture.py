@@ -31,12 +31,18 @@ class Captured:
         frontend: ``"fx"`` or ``"export"``.
         fx_error: one line saying why symbolic tracing failed, when it was tried and failed.
         param_names: for ``export``, placeholder name → parameter FQN in the model; empty for ``fx``.
+        program: for ``export``, the exported program (its graph takes parameters as inputs).
     """
 
     graph_module: fx.GraphModule
     frontend: str
     fx_error: str | None = None
     param_names: Mapping[str, str] = field(default_factory=dict)
+    program: torch.export.ExportedProgram | None = None
+
+    def as_module(self) -> nn.Module:
+        """A callable module with the model's signature that runs the captured graph."""
+        return self.program.module() if self.program is not None else self.graph_module
 
 
 def capture(model: nn.Module, example_input: torch.Tensor, frontend: str = "auto") -> Captured:
@@ -78,7 +84,7 @@ def capture(model: nn.Module, example_input: torch.Tensor, frontend: str = "auto
                 "or register untraceable submodules with eqsurgeon.register_leaf_module"
             ) from exc
     params = dict(program.graph_signature.inputs_to_parameters)
-    return Captured(program.graph_module, "export", fx_error, params)
+    return Captured(program.graph_module, "export", fx_error, params, program)
 
 
 class _Tracer(fx.Tracer):

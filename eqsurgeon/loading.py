@@ -88,7 +88,8 @@ def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
 
         try:
             with safe_open(str(path), framework="pt") as f:
-                return {k: f.get_tensor(k) for k in f}, dict(f.metadata() or {})
+                names = f.keys()  # safe_open is not iterable itself
+                return {k: f.get_tensor(k) for k in names}, dict(f.metadata() or {})
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{path} is not a readable safetensors file ({_first_line(exc)})") from exc
     try:
