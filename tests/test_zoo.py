@@ -135,5 +135,5 @@ def test_pretrained_without_network_names_the_fix(monkeypatch: pytest.MonkeyPatc
         return real(*args, **kwargs)
 
     monkeypatch.setattr(timm, "create_model", offline)
-    with pytest.raises(ModelLoadError, match="network access.*backbone_weights=FILE"):
+    with pytest.raises(ModelLoadError, match=r"network access.*backbone_weights=FILE"):
         create_model("upernet_tiny", pretrained=True)

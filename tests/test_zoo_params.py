@@ -61,7 +61,8 @@ def resnet_v1c(blocks: tuple[int, int, int, int]) -> int:
     for planes, n in zip((64, 128, 256, 512), blocks, strict=True):
         for i in range(n):
             cin = inplanes if i == 0 else 4 * planes
-            total += cin * planes + 9 * planes * planes + planes * 4 * planes + 2 * (planes + planes + 4 * planes)
+            convs = cin * planes + 9 * planes * planes + planes * 4 * planes
+            total += convs + 2 * (planes + planes + 4 * planes)  # conv1-3 + their BNs
             if i == 0:  # 1×1 projection shortcut + BN (dilation changes no shapes)
                 total += inplanes * 4 * planes + 2 * 4 * planes
         inplanes = 4 * planes
