@@ -79,15 +79,22 @@ class CalibrationMeta:
     converged: bool | None = None
     seed: int | None = None
     input_size: tuple[int, int] | None = None
+    image_mean: tuple[float, ...] | None = None
+    image_std: tuple[float, ...] | None = None
+    skipped_files: int = 0
     sites: tuple[SiteRecord, ...] = ()
     tool_version: str = ""
     format_version: int = FORMAT_VERSION
 
-    def to_json(self) -> str:
-        """Canonical JSON: sorted keys, no whitespace, so equal metadata gives equal bytes."""
+    def to_dict(self) -> dict:
+        """Plain JSON-able dict (tuples become lists when serialized)."""
         data = asdict(self)
         data["tool_version"] = data["tool_version"] or _tool_version()
-        return json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=True)
+        return data
+
+    def to_json(self) -> str:
+        """Canonical JSON: sorted keys, no whitespace, so equal metadata gives equal bytes."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), allow_nan=True)
 
     @classmethod
     def from_json(cls, text: str) -> CalibrationMeta:
@@ -105,8 +112,8 @@ class CalibrationMeta:
             )
             for s in data.get("sites", ())
         )
-        size = data.get("input_size")
-        return cls(**{**_known(cls, data), "sites": sites, "input_size": tuple(size) if size else None})
+        tuples = {k: tuple(data[k]) for k in ("input_size", "image_mean", "image_std") if data.get(k)}
+        return cls(**{**_known(cls, data), **tuples, "sites": sites})
 
     @property
     def equalized_sites(self) -> tuple[SiteRecord, ...]:
@@ -245,9 +252,6 @@ def _known(cls: type, data: dict) -> dict:
 
 
 def _tool_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    import eqsurgeon
 
-    try:
-        return version("eqsurgeon")
-    except PackageNotFoundError:
-        return "0+unknown"
+    return eqsurgeon.__version__
