@@ -19,7 +19,7 @@ class FuseNet(nn.Module):
     """stem ×1, ×2, ×4 → cat([x1, up(x2), up(x4)]) → fuse (k×k, no padding) → norm → ReLU → [site 2] → head.
 
     Site 2 (``two_sites``) concatenates the fused map with an upsampled ×4 map again, so its inputs
-    depend on site 1's equalization. ``constant`` makes the ×4 input of site 1 a constant (zero variance).
+    depend on site 1's equalization. ``constant`` makes site 1's ×4 input a constant (zero variance).
     """
 
     def __init__(
@@ -47,10 +47,10 @@ class FuseNet(nn.Module):
         x1 = self.stem(x)
         x2 = self.down2(x1)
         x4 = self.down4(x2) * 4.0  # a deliberately larger scale
-        if self.constant:
-            x4 = x4 * 0.0 + 2.0
         up2 = F.interpolate(x2, size=x1.shape[-2:], mode="bilinear", align_corners=False)
         up4 = F.interpolate(x4, size=x1.shape[-2:], mode="bilinear", align_corners=False)
+        if self.constant:  # site 1 only: site 2 still sees the real x4
+            up4 = up4 * 0.0 + 2.0
         y = F.relu(self.norm(self.fuse(torch.cat([x1, up2, up4], dim=1))))
         if self.two_sites:
             up4b = F.interpolate(x4, size=y.shape[-2:], mode="bilinear", align_corners=False)
@@ -106,6 +106,16 @@ def fuse_constant() -> nn.Module:
 def fuse_constant_two() -> nn.Module:
     torch.manual_seed(0)
     return FuseNet(kernel=1, constant=True, two_sites=True)
+
+
+def fuse_two_plain() -> nn.Module:
+    torch.manual_seed(0)
+    return FuseNet(kernel=1, norm="none", two_sites=True)
+
+
+def fuse_gn() -> nn.Module:
+    torch.manual_seed(0)
+    return FuseNet(kernel=3, norm="gn")
 
 
 def token_fuse() -> nn.Module:
