@@ -9,7 +9,11 @@ shape) afterwards, so site finding reads shapes the same way for either.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import io
+import logging
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 
 import torch
@@ -31,12 +35,18 @@ class Captured:
         frontend: ``"fx"`` or ``"export"``.
         fx_error: one line saying why symbolic tracing failed, when it was tried and failed.
         param_names: for ``export``, placeholder name → parameter FQN in the model; empty for ``fx``.
+        program: for ``export``, the exported program (its graph takes parameters as inputs).
     """
 
     graph_module: fx.GraphModule
     frontend: str
     fx_error: str | None = None
     param_names: Mapping[str, str] = field(default_factory=dict)
+    program: torch.export.ExportedProgram | None = None
+
+    def as_module(self) -> nn.Module:
+        """A callable module with the model's signature that runs the captured graph."""
+        return self.program.module() if self.program is not None else self.graph_module
 
 
 def capture(model: nn.Module, example_input: torch.Tensor, frontend: str = "auto") -> Captured:
@@ -58,7 +68,7 @@ def capture(model: nn.Module, example_input: torch.Tensor, frontend: str = "auto
         raise CaptureError(f"unknown frontend {frontend!r}; use one of {', '.join(FRONTENDS)}")
     fx_error = None
     # Captured in eval mode so that tracing neither updates BN buffers nor draws dropout masks.
-    with preserved_state(model), torch.no_grad():
+    with preserved_state(model), torch.no_grad(), _quiet():
         model.eval()
         if frontend in ("auto", "fx"):
             try:
@@ -78,7 +88,7 @@ def capture(model: nn.Module, example_input: torch.Tensor, frontend: str = "auto
                 "or register untraceable submodules with eqsurgeon.register_leaf_module"
             ) from exc
     params = dict(program.graph_signature.inputs_to_parameters)
-    return Captured(program.graph_module, "export", fx_error, params)
+    return Captured(program.graph_module, "export", fx_error, params, program)
 
 
 class _Tracer(fx.Tracer):
@@ -106,6 +116,19 @@ def _symbolic_trace(model: nn.Module, example_input: torch.Tensor) -> fx.GraphMo
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     FakeTensorProp(gm, mode).propagate(mode.from_tensor(example_input))
     return gm
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    # Tracers log, warn and print (torch.export prints a failed partial graph to stderr) while they
+    # probe; a failed capture is reported in one line instead.
+    logging.disable(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings(), redirect_stderr(io.StringIO()), redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def _one_line(exc: BaseException) -> str:
