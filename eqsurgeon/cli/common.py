@@ -76,6 +76,33 @@ FrontendOpt = Annotated[str, typer.Option("--frontend", help="auto (fx, then tor
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda when available), cpu or cuda")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="overwrite existing output files")]
 JsonOutOpt = Annotated[Path | None, typer.Option("--json", help="write the report as JSON to this file")]
+# Image-folder options of calibrate and verify.
+OptionalInputSizeOpt = Annotated[
+    str | None, typer.Option("--input-size", help="HxW, e.g. 512x512 (default: the model's, else 512x512)")
+]
+MaxImagesOpt = Annotated[int | None, typer.Option("--max-images", min=1, help="use at most this many images")]
+WorkersOpt = Annotated[int, typer.Option("--workers", min=0, help="image decoding worker processes")]
+MeanOpt = Annotated[
+    str | None,
+    typer.Option("--mean", help="per-channel mean in [0,1], e.g. 0.485,0.456,0.406 (default: model's)"),
+]
+StdOpt = Annotated[
+    str | None,
+    typer.Option("--std", help="per-channel std in [0,1], e.g. 0.229,0.224,0.225 (default: model's)"),
+]
+
+
+def parse_floats(text: str, option: str) -> tuple[float, ...]:
+    """``"0.5,0.5,0.5"`` → (0.5, 0.5, 0.5); a single value is repeated for the 3 channels."""
+    try:
+        values = tuple(float(v) for v in text.replace(" ", ",").split(",") if v)
+    except ValueError:
+        values = ()
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3:
+        raise EqSurgeonError(f"{option} {text!r} is not 3 numbers; write e.g. {option} 0.485,0.456,0.406")
+    return values
 
 
 def parse_size(text: str) -> tuple[int, int]:
