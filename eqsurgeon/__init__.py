@@ -1,0 +1,31 @@
+"""eqsurgeon: find and repair scale disequilibrium at the feature-fusion sites of segmentation networks.
+
+>>> import eqsurgeon
+>>> sorted(n for n in eqsurgeon.__all__ if n[0].islower())[:3]
+['find_sites', 'load_model', 'measure']
+"""
+
+from eqsurgeon.loading import load_model
+from eqsurgeon.measure import Measurement, MomentHooks, Moments, measure
+from eqsurgeon.modules import ScaleEqualizer
+from eqsurgeon.registry import register_autowrap_function, register_leaf_module, register_upsample_function
+from eqsurgeon.sites import AddSite, FusionSite, Subject, Upsample, find_sites
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AddSite",
+    "FusionSite",
+    "Measurement",
+    "MomentHooks",
+    "Moments",
+    "ScaleEqualizer",
+    "Subject",
+    "Upsample",
+    "find_sites",
+    "load_model",
+    "measure",
+    "register_autowrap_function",
+    "register_leaf_module",
+    "register_upsample_function",
+]

@@ -1,0 +1,284 @@
+"""Classify fx-graph nodes from either frontend: concat, upsample, scale-preserving, fusing layer, add.
+
+Symbolic tracing records ``call_module``/``call_function``/``call_method`` nodes on torch-level callables;
+torch.export records ATen overloads on parameter placeholders. ``OpView`` hides that difference so the
+site finder reads one vocabulary.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from eqsurgeon import registry
+
+aten = torch.ops.aten
+
+_CAT_FUNCS = {torch.cat, torch.concat, torch.concatenate}
+_CAT_ATEN = {aten.cat, aten.concat, aten.concatenate}
+
+# F.interpolate and its deprecated aliases; the value is the mode when the call does not say.
+_INTERP_FUNCS: dict[object, str] = {
+    F.interpolate: "nearest",
+    F.upsample: "nearest",
+    F.upsample_bilinear: "bilinear",
+    F.upsample_nearest: "nearest",
+}
+_UPSAMPLE_ATEN = {
+    aten.upsample_nearest1d: "nearest",
+    aten.upsample_nearest2d: "nearest",
+    aten.upsample_nearest3d: "nearest",
+    aten._upsample_nearest_exact1d: "nearest-exact",
+    aten._upsample_nearest_exact2d: "nearest-exact",
+    aten._upsample_nearest_exact3d: "nearest-exact",
+    aten.upsample_linear1d: "linear",
+    aten.upsample_bilinear2d: "bilinear",
+    aten._upsample_bilinear2d_aa: "bilinear",
+    aten.upsample_bicubic2d: "bicubic",
+    aten._upsample_bicubic2d_aa: "bicubic",
+    aten.upsample_trilinear3d: "trilinear",
+}
+
+# Ops that do not change a feature's scale: dropout (identity at eval, unbiased in training),
+# identity, copies and dtype casts.
+_TRANSPARENT_MODULES: tuple[type[nn.Module], ...] = (nn.modules.dropout._DropoutNd, nn.Identity)
+_TRANSPARENT_FUNCS = {
+    F.dropout,
+    F.dropout1d,
+    F.dropout2d,
+    F.dropout3d,
+    F.alpha_dropout,
+    F.feature_alpha_dropout,
+    torch.dropout,
+    torch.feature_dropout,
+    torch.alpha_dropout,
+    torch.feature_alpha_dropout,
+    torch.clone,
+}
+_TRANSPARENT_METHODS = {"contiguous", "clone", "float", "half", "bfloat16", "double", "to", "type"}
+_TRANSPARENT_ATEN = {
+    aten.dropout,
+    aten.dropout_,
+    aten.feature_dropout,
+    aten.feature_dropout_,
+    aten.alpha_dropout,
+    aten.alpha_dropout_,
+    aten.feature_alpha_dropout,
+    aten.feature_alpha_dropout_,
+    aten.clone,
+    aten._to_copy,
+    aten.to,
+    aten.contiguous,
+    aten.alias,
+    aten.type_as,
+}
+
+# Ops that only rearrange values (layout): they keep a feature's distribution, so walking back from a
+# concat may pass them; walking forward may not, because they move the channel dim.
+_LAYOUT_METHODS = {"permute", "transpose", "reshape", "view", "flatten", "movedim", "squeeze", "unsqueeze"}
+_LAYOUT_FUNCS = {torch.permute, torch.transpose, torch.reshape, torch.flatten, torch.movedim}
+_LAYOUT_ATEN = {
+    aten.permute,
+    aten.transpose,
+    aten.reshape,
+    aten.view,
+    aten._unsafe_view,
+    aten.flatten,
+    aten.movedim,
+    aten.squeeze,
+    aten.unsqueeze,
+}
+
+_FUSING_FUNCS: dict[object, str] = {
+    F.conv1d: "conv1d",
+    F.conv2d: "conv2d",
+    F.conv3d: "conv3d",
+    F.conv_transpose1d: "conv_transpose1d",
+    F.conv_transpose2d: "conv_transpose2d",
+    F.conv_transpose3d: "conv_transpose3d",
+    F.linear: "linear",
+}
+_FUSING_ATEN = {
+    aten.conv1d: "conv1d",
+    aten.conv2d: "conv2d",
+    aten.conv3d: "conv3d",
+    aten.conv_transpose1d: "conv_transpose1d",
+    aten.conv_transpose2d: "conv_transpose2d",
+    aten.conv_transpose3d: "conv_transpose3d",
+    aten.linear: "linear",
+    aten.convolution: "convolution",
+}
+_ADD_FUNCS = {operator.add, operator.iadd, torch.add}
+_ADD_ATEN = {aten.add, aten.add_}
+
+
+@dataclass(frozen=True)
+class Fusing:
+    """A conv/linear node: the module it belongs to, or ``None`` for a functional call."""
+
+    op: str
+    module_name: str | None
+
+
+@dataclass(frozen=True)
+class UpsampleCall:
+    """An interpolation node's mode and ``align_corners``."""
+
+    mode: str
+    align_corners: bool | None
+
+
+class OpView:
+    """Answers "what is this node?" for a graph captured by either frontend."""
+
+    def __init__(self, model: nn.Module, frontend: str, param_names: Mapping[str, str]) -> None:
+        self.model = model
+        self.frontend = frontend
+        self.param_names = dict(param_names)
+        self.modules = dict(model.named_modules())
+
+    def module(self, node: fx.Node) -> nn.Module | None:
+        if node.op == "call_module":
+            return self.modules.get(str(node.target))
+        return None
+
+    def is_cat(self, node: fx.Node) -> bool:
+        return node.op == "call_function" and (node.target in _CAT_FUNCS or _packet(node) in _CAT_ATEN)
+
+    def cat_parts(self, node: fx.Node) -> tuple[list[fx.Node], int]:
+        parts = node.args[0] if node.args else node.kwargs["tensors"]
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        return list(parts), int(dim)
+
+    def is_add(self, node: fx.Node) -> bool:
+        if node.op == "call_method":
+            return node.target in ("add", "add_")
+        return node.op == "call_function" and (node.target in _ADD_FUNCS or _packet(node) in _ADD_ATEN)
+
+    def upsample(self, node: fx.Node) -> UpsampleCall | None:
+        """Mode of an interpolation node, or ``None`` when the node is something else."""
+        mod = self.module(node)
+        if isinstance(mod, nn.Upsample):  # UpsamplingBilinear2d / Nearest2d are subclasses
+            return _upsample_call(mod.mode, mod.align_corners)
+        if node.op != "call_function":
+            return None
+        custom = registry.upsample_functions()
+        if node.target in _INTERP_FUNCS or node.target in custom:
+            default = _INTERP_FUNCS.get(node.target) or custom[node.target]
+            align = node.kwargs.get("align_corners")
+            if node.target is F.upsample_bilinear:
+                align = True
+            mode = node.kwargs.get("mode", node.args[3] if len(node.args) > 3 else default)
+            return _upsample_call(str(mode), align)
+        mode = _UPSAMPLE_ATEN.get(_packet(node))
+        if mode is None:
+            return None
+        align = node.args[2] if mode in _ALIGNED_MODES else None
+        return _upsample_call(mode, align if isinstance(align, bool) else None)
+
+    def is_transparent(self, node: fx.Node) -> bool:
+        if node.op == "call_module":
+            return isinstance(self.module(node), _TRANSPARENT_MODULES)
+        if node.op == "call_method":
+            return node.target in _TRANSPARENT_METHODS
+        if node.op != "call_function":
+            return False
+        if node.target in _TRANSPARENT_FUNCS or _packet(node) in _TRANSPARENT_ATEN:
+            return True
+        # native_dropout returns (output, mask); element 0 carries the feature.
+        if node.target is operator.getitem and node.args[1] == 0 and isinstance(node.args[0], fx.Node):
+            return _packet(node.args[0]) is aten.native_dropout
+        return _packet(node) is aten.native_dropout
+
+    def is_layout(self, node: fx.Node) -> bool:
+        if node.op == "call_method":
+            return node.target in _LAYOUT_METHODS
+        return node.op == "call_function" and (node.target in _LAYOUT_FUNCS or _packet(node) in _LAYOUT_ATEN)
+
+    def fusing(self, node: fx.Node) -> Fusing | None:
+        """The conv/linear a node runs, with its module name when it is a module call."""
+        mod = self.module(node)
+        if isinstance(mod, (nn.modules.conv._ConvNd, nn.Linear)):
+            return Fusing(_module_op(mod), str(node.target))
+        if node.op != "call_function":
+            return None
+        if node.target in _FUSING_FUNCS:
+            return Fusing(_FUSING_FUNCS[node.target], None)
+        op = _FUSING_ATEN.get(_packet(node))
+        if op is None:
+            return None
+        owner = self._weight_owner(node)
+        if owner is not None:
+            return Fusing(_module_op(self.modules[owner]), owner)
+        return Fusing(op, None)
+
+    def weight_key(self, node: fx.Node) -> str | None:
+        """What identifies one fusing module across nodes: module name (fx) or weight placeholder."""
+        if node.op == "call_module":
+            return str(node.target)
+        weight = node.args[1] if len(node.args) > 1 else None
+        return weight.name if isinstance(weight, fx.Node) else None
+
+    def describe(self, node: fx.Node, with_node: bool = False) -> str:
+        """A readable name for a node: its module path when known (``path:node`` with ``with_node``)."""
+        if node.op == "call_module":
+            return str(node.target)
+        stack = node.meta.get("nn_module_stack") or {}
+        path = _clean_path(list(stack.values())[-1][0]) if stack else ""
+        if not path:
+            return node.name
+        return f"{path}:{node.name}" if with_node else path
+
+    def _weight_owner(self, node: fx.Node) -> str | None:
+        weight = node.args[1] if len(node.args) > 1 else None
+        if not isinstance(weight, fx.Node) or weight.op != "placeholder":
+            return None
+        fqn = self.param_names.get(weight.name, "")
+        owner, _, leaf = fqn.rpartition(".")
+        mod = self.modules.get(owner)
+        if leaf == "weight" and isinstance(mod, (nn.modules.conv._ConvNd, nn.Linear)):
+            return owner
+        return None
+
+
+def shape(node: fx.Node) -> tuple[int, ...] | None:
+    """The static shape recorded on a node by FakeTensorProp or torch.export."""
+    val = node.meta.get("val", node.meta.get("tensor_meta"))
+    if val is None or not hasattr(val, "shape"):
+        return None
+    return tuple(int(s) for s in val.shape)
+
+
+_ALIGNED_MODES = ("linear", "bilinear", "bicubic", "trilinear")
+
+
+def _upsample_call(mode: str, align_corners: bool | None) -> UpsampleCall:
+    # F.interpolate reads align_corners=None as False for the modes that take it.
+    if mode in _ALIGNED_MODES:
+        return UpsampleCall(mode, bool(align_corners))
+    return UpsampleCall(mode, None)
+
+
+def _packet(node: fx.Node) -> object:
+    return getattr(node.target, "overloadpacket", None)
+
+
+def _module_op(mod: nn.Module) -> str:
+    if isinstance(mod, nn.Linear):
+        return "linear"
+    assert isinstance(mod, nn.modules.conv._ConvNd)
+    kind = "conv_transpose" if mod.transposed else "conv"
+    return f"{kind}{len(mod.kernel_size)}d"
+
+
+def _clean_path(path: str) -> str:
+    # Non-strict export may spell paths as "L['self'].a.b" or "a.b.0"; keep the plain FQN.
+    for prefix in ("L['self'].", "L['self']"):
+        if path.startswith(prefix):
+            path = path[len(prefix) :]
+    return path.replace("._modules['", ".").replace("']", "")

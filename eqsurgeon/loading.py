@@ -1,0 +1,219 @@
+"""Turn a model spec string (and an optional checkpoint) into an ``nn.Module``.
+
+Specs: ``path/to/file.py:factory``, ``package.module:factory``, ``torchvision:<name>`` (no weights), or a
+zoo name (``eqsurgeon models``).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.util
+import inspect
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from eqsurgeon.errors import CheckpointError, ModelLoadError
+
+SPEC_FORMS = "file.py:factory, package.module:factory, torchvision:<name> or a zoo name"
+
+
+def load_model(
+    spec: str, kwargs: Mapping[str, Any] | None = None, checkpoint: Path | None = None
+) -> nn.Module:
+    """Build the model a spec names and load a checkpoint into it.
+
+    Args:
+        spec: see the module docstring.
+        kwargs: keyword arguments for the factory.
+        checkpoint: ``.safetensors``, or ``.pt``/``.pth``/``.bin`` read with ``weights_only=True``.
+
+    Raises:
+        ModelLoadError: the spec cannot be resolved or the factory fails.
+        CheckpointError: the checkpoint is missing, unreadable or does not fit.
+
+    >>> load_model("torchvision:fcn_resnet50", {"num_classes": 3}).__class__.__name__
+    'FCN'
+    """
+    kwargs = dict(kwargs or {})
+    factory, label = _resolve(spec)
+    try:
+        model = factory(**kwargs)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"factory {label} raised {type(exc).__name__}: {_first_line(exc)}; check its --arg values"
+        ) from exc
+    if not isinstance(model, nn.Module):
+        raise ModelLoadError(f"factory {label} returned {type(model).__name__}, not a torch.nn.Module")
+    if checkpoint is not None:
+        state, metadata = read_state_dict(checkpoint)
+        from eqsurgeon.checkpoint import rebuild_equalizers
+
+        rebuild_equalizers(model, metadata)  # an insert-mode checkpoint's keys need its wrappers
+        fit_state_dict(model, state, checkpoint)
+    return model
+
+
+def parse_kwargs(pairs: Sequence[str] | None) -> dict[str, Any]:
+    """Parse ``key=value`` strings; values are Python literals, else kept as strings.
+
+    >>> parse_kwargs(["num_classes=19", "backbone=resnet", "pool=(1, 2)"])
+    {'num_classes': 19, 'backbone': 'resnet', 'pool': (1, 2)}
+    """
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ModelLoadError(f"--arg {pair!r} is not key=value; write e.g. --arg num_classes=19")
+        try:
+            out[key.strip()] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value
+    return out
+
+
+def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a state dict and its safetensors metadata (empty for .pt/.pth).
+
+    A ``.pt``/``.pth`` is loaded with ``weights_only=True``; a dict holding ``state_dict`` or ``model``
+    (MMSegmentation, timm) is unwrapped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; check the --checkpoint path")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                names = f.keys()  # safe_open is not iterable itself
+                return {k: f.get_tensor(k) for k in names}, dict(f.metadata() or {})
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"{path} is not a readable safetensors file ({_first_line(exc)})") from exc
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(
+            f"{path} cannot be loaded with weights_only=True ({_first_line(exc)}); save a plain state "
+            "dict or convert it to .safetensors"
+        ) from exc
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} does not hold a state dict of tensors")
+    return obj, {}
+
+
+def fit_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source: Path | str) -> None:
+    """``load_state_dict(strict=True)`` with a one-line error naming the keys that do not fit."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
+            if keys:
+                parts.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:3])})")
+        raise CheckpointError(
+            f"checkpoint {source} does not fit the model: {'; '.join(parts)}; "
+            "pass the checkpoint that belongs to this model and its --arg values"
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def main_output(out: Any) -> torch.Tensor:
+    """The main logits of a forward: a tensor, ``dict["out"]``, ``.logits``, or a tuple's first item."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, Mapping) and "out" in out:
+        return out["out"]
+    if hasattr(out, "logits"):
+        return out.logits
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    raise ModelLoadError(
+        f"cannot find logits in a forward output of type {type(out).__name__}; return a tensor, "
+        "a dict with 'out', or an object with .logits"
+    )
+
+
+def _resolve(spec: str) -> tuple[Any, str]:
+    if spec.startswith("torchvision:"):
+        return _torchvision_factory(spec.split(":", 1)[1]), spec
+    if ":" in spec:
+        where, _, name = spec.rpartition(":")
+        module = _import_file(Path(where)) if where.endswith(".py") else _import_module(where)
+        factory = getattr(module, name, None)
+        if not callable(factory):
+            public = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
+            raise ModelLoadError(
+                f"{where} has no factory {name!r}; callables there: {', '.join(sorted(public)[:8]) or 'none'}"
+            )
+        return factory, spec
+    from eqsurgeon.models import is_model, model_entry
+
+    if is_model(spec):
+        return model_entry(spec).factory, spec
+    if spec.endswith(".py") or Path(spec).exists():
+        raise ModelLoadError(f"model spec {spec!r} names no factory; write {spec}:factory_name")
+    try:
+        model_entry(spec)
+    except KeyError as exc:
+        raise ModelLoadError(f"{exc.args[0]} Model specs are {SPEC_FORMS}") from None
+    raise AssertionError("unreachable")
+
+
+def _import_file(path: Path) -> Any:
+    if not path.is_file():
+        raise ModelLoadError(f"model file {path} does not exist; check the path before ':factory'")
+    name = f"eqsurgeon_user_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickling look modules up by name
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[name]
+        raise ModelLoadError(f"importing {path} raised {type(exc).__name__}: {_first_line(exc)}") from exc
+    return module
+
+
+def _import_module(name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise ModelLoadError(
+            f"cannot import module {name!r} ({_first_line(exc)}); install it or use path/to/file.py:factory"
+        ) from exc
+
+
+def _torchvision_factory(name: str) -> Any:
+    import torchvision
+
+    available = torchvision.models.list_models()
+    if name not in available:
+        seg = ", ".join(torchvision.models.list_models(torchvision.models.segmentation))
+        raise ModelLoadError(f"torchvision has no model {name!r}; segmentation models: {seg}")
+    builder = torchvision.models.get_model_builder(name)
+    params = inspect.signature(builder).parameters
+
+    def factory(**kwargs: Any) -> nn.Module:
+        kwargs.setdefault("weights", None)  # never download: weights come from --checkpoint
+        if "weights_backbone" in params:
+            kwargs.setdefault("weights_backbone", None)
+        return builder(**kwargs)
+
+    return factory
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:300]

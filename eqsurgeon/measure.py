@@ -1,0 +1,203 @@
+"""Measure each concat input's global mean and variance on the real eager model.
+
+Forward pre-hooks on every fusing layer slice its input by channel range and accumulate float64 moments;
+the model's parameters, buffers and train/eval flags are identical afterwards.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from eqsurgeon.sites import FusionSite
+from eqsurgeon.state import preserved_state
+
+BN_MODES = ("auto", "batch", "eval")
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Global statistics of one concat input.
+
+    Attributes:
+        count: elements seen.
+        mean: global mean.
+        var: global (population) variance.
+        batches: forwards the statistics were pooled over.
+        std_rel_se: relative standard error of ``std``, estimated from the spread of per-batch stds
+            (``inf`` with fewer than two batches).
+    """
+
+    count: int
+    mean: float
+    var: float
+    batches: int = 1
+    std_rel_se: float = math.inf
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.var) if self.var > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Moments per site (keyed by ``FusionSite.layer``), with how they were measured."""
+
+    moments: dict[str, tuple[Moments, ...]]
+    bn_mode: str
+    images: int
+
+
+def measure(
+    model: nn.Module, sites: Iterable[FusionSite], batches: Iterable[torch.Tensor], bn_mode: str = "auto"
+) -> Measurement:
+    """Run ``model`` on ``batches`` and return every ok site's input moments.
+
+    Args:
+        model: the eager model; unchanged afterwards.
+        sites: from :func:`eqsurgeon.find_sites`; skipped sites are not measured.
+        batches: image tensors ``[N, C, H, W]`` already on the model's device.
+        bn_mode: ``"batch"`` (BN on batch statistics, running buffers untouched), ``"eval"``, or ``"auto"``
+            (batch when some BN layer has never seen data).
+
+    >>> conv = nn.Conv2d(4, 2, 1)
+    >>> from eqsurgeon.sites import Subject
+    >>> site = FusionSite("", "conv2d", 1, (Subject((0, 2), "a"), Subject((2, 4), "b")))
+    >>> m = measure(conv, [site], [torch.ones(2, 4, 3, 3)])
+    >>> m.moments[""][0].mean
+    1.0
+    """
+    sites = [s for s in sites if s.ok]
+    images = 0
+    with measuring_mode(model, bn_mode) as resolved, MomentHooks(model, sites) as hooks, torch.no_grad():
+        for batch in batches:
+            model(batch)
+            images += batch.shape[0]
+    return Measurement(hooks.moments(), resolved, images)
+
+
+def resolve_bn_mode(model: nn.Module, bn_mode: str = "auto") -> str:
+    """``"batch"`` or ``"eval"``: ``auto`` picks batch when any BN's running stats are still (0, 1)."""
+    if bn_mode not in BN_MODES:
+        raise ValueError(f"unknown bn mode {bn_mode!r}; use one of {', '.join(BN_MODES)}")
+    if bn_mode != "auto":
+        return bn_mode
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and _never_saw_data(m):
+            return "batch"  # eval mode would not show what training sees
+    return "eval"
+
+
+def _never_saw_data(bn: nn.modules.batchnorm._BatchNorm) -> bool:
+    if bn.running_mean is None or bn.running_var is None:
+        return False
+    return bool(bn.running_mean.eq(0).all()) and bool(bn.running_var.eq(1).all())
+
+
+@contextmanager
+def measuring_mode(model: nn.Module, bn_mode: str = "auto") -> Iterator[str]:
+    """Put ``model`` in measuring mode (dropout off, BN per ``bn_mode``) and restore everything after.
+
+    Yields the resolved mode, ``"batch"`` or ``"eval"``.
+    """
+    resolved = resolve_bn_mode(model, bn_mode)
+    with preserved_state(model):
+        model.eval()
+        if resolved == "batch":
+            for m in model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.train()  # batch statistics; the buffers it updates are restored on exit
+        yield resolved
+
+
+class MomentHooks:
+    """Forward pre-hooks that stream every subject's moments in float64.
+
+    Use as a context manager; hooks are removed on exit. ``moments()`` may be read at any time.
+
+    >>> conv = nn.Conv2d(2, 1, 1)
+    >>> from eqsurgeon.sites import Subject
+    >>> site = FusionSite("", "conv2d", 1, (Subject((0, 1), "a"), Subject((1, 2), "b")))
+    >>> with MomentHooks(conv, [site]) as hooks:
+    ...     _ = conv(torch.zeros(1, 2, 2, 2))
+    >>> hooks.moments()[""][1].count
+    4
+    """
+
+    def __init__(self, model: nn.Module, sites: Iterable[FusionSite]) -> None:
+        self.model = model
+        self.sites = [s for s in sites if s.ok]
+        self._acc = {s.layer: [_Accumulator() for _ in s.subjects] for s in self.sites}
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def __enter__(self) -> MomentHooks:
+        for site in self.sites:
+            module = self.model.get_submodule(site.layer)
+            self._handles.append(module.register_forward_pre_hook(self._hook(site)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def moments(self) -> dict[str, tuple[Moments, ...]]:
+        return {layer: tuple(a.moments() for a in accs) for layer, accs in self._acc.items()}
+
+    def _hook(self, site: FusionSite):
+        accs = self._acc[site.layer]
+
+        def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            x = args[0]
+            for subject, acc in zip(site.subjects, accs):
+                start, stop = subject.channels
+                acc.add(x.narrow(site.channel_dim, start, stop - start))
+
+        return hook
+
+
+class _Accumulator:
+    """Chan et al.'s parallel merge of (count, mean, M2) in Python floats (float64)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.mean = 0.0
+        self.m2 = 0.0
+        self.batches = 0
+        self._std_mean = 0.0  # Welford over per-batch stds, for the standard error
+        self._std_m2 = 0.0
+
+    def add(self, x: torch.Tensor) -> None:
+        n = x.numel()
+        if n == 0:
+            return
+        x = x.float()
+        s1 = float(x.sum(dtype=torch.float64))
+        s2 = float(x.square().sum(dtype=torch.float64))
+        mean_b = s1 / n
+        m2_b = max(s2 - s1 * mean_b, 0.0)
+        delta = mean_b - self.mean
+        total = self.n + n
+        self.mean += delta * n / total
+        self.m2 += m2_b + delta * delta * self.n * n / total
+        self.n = total
+        self.batches += 1
+        std_b = math.sqrt(m2_b / n)
+        d = std_b - self._std_mean
+        self._std_mean += d / self.batches
+        self._std_m2 += d * (std_b - self._std_mean)
+
+    def moments(self) -> Moments:
+        if self.n == 0:
+            return Moments(0, math.nan, math.nan, 0)
+        var = self.m2 / self.n
+        rel_se = math.inf
+        if self.batches > 1 and self._std_mean > 0:
+            spread = math.sqrt(self._std_m2 / (self.batches - 1))
+            rel_se = spread / math.sqrt(self.batches) / self._std_mean
+        return Moments(self.n, self.mean, var, self.batches, rel_se)

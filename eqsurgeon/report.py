@@ -1,0 +1,140 @@
+"""Plain-data views of an analysis: the JSON contract of DESIGN.md and the one-line readings."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from eqsurgeon.analysis import Analysis
+from eqsurgeon.sites import FusionSite, Subject
+
+
+def analysis_to_dict(analysis: Analysis) -> dict[str, Any]:
+    """The ``analyze --json`` document (keys may be added, never renamed)."""
+    return {
+        "model": analysis.model,
+        "frontend": analysis.frontend,
+        "fx_error": analysis.fx_error,
+        "bn_mode": analysis.bn_mode,
+        "input": {
+            "source": analysis.input.source,
+            "images": analysis.input.images,
+            "size": list(analysis.input.size),
+        },
+        "sites": [_site_dict(analysis, s) for s in analysis.sites],
+        "add_sites": [
+            {"name": a.name, "inputs": [_subject_dict(s) for s in a.inputs]} for a in analysis.add_sites
+        ],
+    }
+
+
+def reading(analysis: Analysis, site: FusionSite) -> str:
+    """One line on what a site's var_ratio means for training."""
+    if not site.ok:
+        return f"skipped: {site.reason}"
+    ratio = analysis.var_ratio(site)
+    moments = analysis.moments[site.layer]
+    if ratio is None or not math.isfinite(ratio):
+        return "an input has zero or non-finite variance; it cannot be equalized"
+    lo = min(range(len(moments)), key=lambda i: moments[i].var)
+    hi = max(range(len(moments)), key=lambda i: moments[i].var)
+    if ratio <= 1.1:
+        return "balanced: the concat inputs arrive on equal scales"
+    return (
+        f"input {lo} gets {math.sqrt(ratio):.2f}x smaller weight gradients than input {hi}; "
+        "equalizing balances them"
+    )
+
+
+def write_json(data: Any, path: Path) -> None:
+    """Write JSON atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, allow_nan=True)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _site_dict(analysis: Analysis, site: FusionSite) -> dict[str, Any]:
+    moments = analysis.moments.get(site.layer)
+    inputs = []
+    for i, subject in enumerate(site.subjects):
+        d = _subject_dict(subject)
+        d["mean"] = _num(moments[i].mean) if moments else None
+        d["var"] = _num(moments[i].var) if moments else None
+        inputs.append(d)
+    return {
+        "layer": site.layer,
+        "op": site.op,
+        "groups": site.groups,
+        "status": site.status,
+        "reason": site.reason,
+        "inputs": inputs,
+        "var_ratio": _num(analysis.var_ratio(site)),
+    }
+
+
+def _subject_dict(subject: Subject) -> dict[str, Any]:
+    up = subject.upsample
+    return {
+        "channels": list(subject.channels),
+        "source": subject.source,
+        "upsample": None
+        if up is None
+        else {
+            "mode": up.mode,
+            "factor": list(up.factor),
+            "align_corners": up.align_corners,
+        },
+    }
+
+
+def _num(x: float | None) -> float | None:
+    # JSON has no inf/nan; null says "not measurable" without breaking strict parsers.
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def write_plot(analysis: Analysis, path: Path) -> None:
+    """Bar chart of every input's variance per site, with the BN-ReLU reference (π−1)/2π."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from eqsurgeon.analysis import BN_RELU_VAR
+
+    sites = [s for s in analysis.sites if s.layer in analysis.moments]
+    fig, axes = plt.subplots(1, max(len(sites), 1), figsize=(4 * max(len(sites), 1), 3.5), squeeze=False)
+    for ax, site in zip(axes[0], sites):
+        moments = analysis.moments[site.layer]
+        labels = [
+            f"{i}\n{'x' + format(s.upsample.factor[0], 'g') if s.upsample and s.upsample.factor else 'x1'}"
+            for i, s in enumerate(site.subjects)
+        ]
+        ax.bar(labels, [m.var for m in moments], color="#4c72b0")
+        ax.axhline(BN_RELU_VAR, color="k", linestyle=":", label="(π−1)/2π")
+        ax.set_title(f"{site.layer}\nvar_ratio={analysis.var_ratio(site):.2f}", fontsize=9)
+        ax.set_ylabel("variance")
+        ax.legend(fontsize=7)
+    if not sites:
+        axes[0][0].text(0.5, 0.5, "no measured fusion site", ha="center", va="center")
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(dir=Path(path).parent, prefix=f".{Path(path).name}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)

@@ -1,0 +1,99 @@
+"""Moments: float64 streaming math, BN modes, and agreement with the theory in DESIGN.md."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from eqsurgeon.measure import MomentHooks, measure, measuring_mode, resolve_bn_mode
+from eqsurgeon.sites import FusionSite, Subject, find_sites
+from fixtures.models import iid_pyramid
+
+RELU_MEAN = 1 / math.sqrt(2 * math.pi)
+RELU_VAR = (math.pi - 1) / (2 * math.pi)
+
+
+def _site(*widths, layer=""):
+    subjects, start = [], 0
+    for w in widths:
+        subjects.append(Subject((start, start + w), f"s{start}"))
+        start += w
+    return FusionSite(layer, "conv2d", 1, tuple(subjects))
+
+
+def test_streamed_moments_equal_direct_float64_statistics():
+    conv = nn.Conv2d(5, 1, 1)
+    gen = torch.Generator().manual_seed(1)
+    batches = [torch.randn(3, 5, 4, 6, generator=gen) * (i + 1) + i for i in range(4)]
+    m = measure(conv, [_site(2, 3)], batches).moments[""]
+    everything = torch.cat(batches).double()
+    for moments, part in zip(m, (everything[:, :2], everything[:, 2:])):
+        assert moments.count == part.numel()
+        assert moments.mean == pytest.approx(part.mean().item(), rel=1e-12)
+        assert moments.var == pytest.approx(part.var(unbiased=False).item(), rel=1e-9)
+        assert moments.batches == 4
+
+
+def test_channels_last_subjects_are_sliced_on_the_last_dim():
+    lin = nn.Linear(3, 2)
+    x = torch.cat([torch.zeros(2, 4, 1), torch.ones(2, 4, 2) * 3], dim=-1)
+    site = FusionSite("", "linear", 1, (Subject((0, 1), "a"), Subject((1, 3), "b")), channel_dim=-1)
+    a, b = measure(lin, [site], [x]).moments[""]
+    assert (a.mean, b.mean, b.count) == (0.0, 3.0, 16)
+
+
+def test_std_standard_error_shrinks_with_batches():
+    conv = nn.Conv2d(1, 1, 1)
+    gen = torch.Generator().manual_seed(0)
+    few = measure(conv, [_site(1)], [torch.randn(1, 1, 8, 8, generator=gen) for _ in range(3)])
+    many = measure(conv, [_site(1)], [torch.randn(1, 1, 8, 8, generator=gen) for _ in range(48)])
+    assert math.isfinite(few.moments[""][0].std_rel_se)
+    assert many.moments[""][0].std_rel_se < few.moments[""][0].std_rel_se
+    single = measure(conv, [_site(1)], [torch.randn(1, 1, 8, 8)])
+    assert single.moments[""][0].std_rel_se == math.inf
+
+
+def test_hooks_are_removed_on_exit():
+    conv = nn.Conv2d(2, 1, 1)
+    with MomentHooks(conv, [_site(1, 1)]):
+        assert len(conv._forward_pre_hooks) == 1
+    assert len(conv._forward_pre_hooks) == 0
+
+
+def test_bn_mode_auto_follows_whether_bn_has_seen_data():
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
+    assert resolve_bn_mode(model) == "batch"
+    model.train()(torch.randn(2, 3, 4, 4))
+    assert resolve_bn_mode(model) == "eval"
+    assert resolve_bn_mode(model, "batch") == "batch"
+    assert resolve_bn_mode(nn.Conv2d(1, 1, 1)) == "eval"
+    with pytest.raises(ValueError, match="unknown bn mode"):
+        resolve_bn_mode(model, "train")
+
+
+def test_measuring_mode_uses_batch_statistics_without_touching_buffers():
+    bn = nn.BatchNorm2d(2).eval()
+    drop = nn.Dropout(0.9)
+    model = nn.Sequential(bn, drop)
+    x = torch.randn(4, 2, 3, 3) * 5 + 3
+    with measuring_mode(model, "batch") as mode, torch.no_grad():
+        y = model(x)
+        assert mode == "batch" and bn.training and not drop.training
+    assert y.mean().abs() < 1e-5  # normalized by batch statistics, no dropout
+    assert torch.equal(bn.running_mean, torch.zeros(2)) and int(bn.num_batches_tracked) == 0
+    assert not bn.training and drop.training  # both flags back to what they were
+
+
+def test_statistics_match_theory_for_iid_upsampled_maps():
+    """DESIGN.md: ReLU(N(0,1)) has mean 0.399, var 0.341; ×r bilinear multiplies var by ((4r²−1)/(6r²))²."""
+    model = iid_pyramid(channels=16)
+    x = torch.randn(4, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    (site,) = find_sites(model, x)
+    moments = measure(model, [site], [x], bn_mode="auto").moments["fuse"]
+    for m in moments:
+        assert m.mean == pytest.approx(RELU_MEAN, abs=0.01)
+    assert moments[0].var == pytest.approx(RELU_VAR, abs=0.01)
+    for m, r in zip(moments[1:], (2, 4, 8)):
+        expected = RELU_VAR * ((4 * r * r - 1) / (6 * r * r)) ** 2
+        assert m.var == pytest.approx(expected, rel=0.05), (r, m.var, expected)

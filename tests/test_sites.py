@@ -1,0 +1,128 @@
+"""Each fusion pattern of issue 2 item 4 has its own test with the exact expected sites."""
+
+import pytest
+import torch
+
+from eqsurgeon import find_sites
+from eqsurgeon.capture import capture
+from eqsurgeon.sites import Upsample, find
+from fixtures import models as fx_models
+
+FRONTENDS = ["fx", "export"]
+BI2 = Upsample("bilinear", (2.0, 2.0), False)
+
+
+def sites(model, frontend, size=32):
+    return find_sites(model, torch.randn(2, 3, size, size), frontend)
+
+
+def layout(site):
+    return [(s.channels, s.upsample) for s in site.subjects]
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_dropout_and_identity_between_concat_and_conv(frontend):
+    (site,) = sites(fx_models.dropout_between(), frontend)
+    assert (site.layer, site.op, site.groups, site.status) == ("fuse", "conv2d", 1, "ok")
+    assert layout(site) == [((0, 4), None), ((4, 8), BI2)]
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_same_tensor_concatenated_twice_gives_two_subjects(frontend):
+    (site,) = sites(fx_models.same_tensor_twice(), frontend)
+    assert layout(site) == [((0, 4), None), ((4, 8), None), ((8, 12), BI2)]
+    assert site.subjects[0].source == site.subjects[1].source == "a.2"
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_nested_concats_flatten(frontend):
+    (site,) = sites(fx_models.nested_concat(), frontend)
+    assert layout(site) == [((0, 4), None), ((4, 8), BI2), ((8, 10), Upsample("bilinear", (4.0, 4.0), False))]
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_channels_last_concat_into_linear(frontend):
+    (site,) = sites(fx_models.channels_last_linear(), frontend)
+    assert (site.layer, site.op, site.channel_dim) == ("fuse", "linear", -1)
+    assert layout(site) == [((0, 4), None), ((4, 10), BI2)]
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+@pytest.mark.parametrize(("factory", "groups"), [(fx_models.grouped_conv, 2), (fx_models.depthwise_conv, 8)])
+def test_grouped_and_depthwise_first_conv(frontend, factory, groups):
+    (site,) = sites(factory(), frontend)
+    assert (site.layer, site.groups, site.status) == ("fuse", groups, "ok")
+    assert layout(site) == [((0, 4), None), ((4, 8), BI2)]
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_every_upsample_spelling_with_mode_and_factor(frontend):
+    (site,) = sites(fx_models.upsample_variants(), frontend)
+    assert layout(site) == [
+        ((0, 2), None),  # not upsampled, still a subject
+        ((2, 4), Upsample("nearest", (2.0, 2.0), None)),  # F.interpolate
+        ((4, 6), Upsample("bilinear", (4.0, 4.0), False)),  # nn.Upsample
+        ((6, 8), Upsample("bilinear", (2.0, 2.0), True)),  # nn.UpsamplingBilinear2d
+        ((8, 10), Upsample("bicubic", (8.0, 8.0), False)),  # user wrapper calling F.interpolate
+    ]
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_module_running_twice_is_skipped(frontend):
+    found = sites(fx_models.shared_fuse(), frontend)
+    assert [s.layer for s in found] == ["fuse", "fuse"]
+    assert all(s.status == "skipped" and "runs 2 times" in s.reason for s in found)
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_functional_conv_is_skipped(frontend):
+    (site,) = sites(fx_models.functional_conv(), frontend)
+    assert site.status == "skipped"
+    assert "functional conv2d" in site.reason
+    assert layout(site) == [((0, 4), None), ((4, 8), BI2)]
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_upsample_add_is_reported_not_a_site(frontend):
+    model = fx_models.fpn_add()
+    findings = find(capture(model, torch.randn(2, 3, 32, 32), frontend), model)
+    assert findings.sites == ()
+    (add,) = findings.add_sites
+    assert [s.upsample for s in add.inputs] == [None, Upsample("nearest", (2.0, 2.0), None)]
+    assert [s.source for s in add.inputs] == ["lateral", "top"]
+
+
+def test_upsample_factor_follows_the_input_size():
+    (site,) = find_sites(fx_models.nested_concat(), torch.randn(2, 3, 64, 96))
+    assert site.subjects[2].upsample.factor == (4.0, 4.0)
+
+
+def test_no_sites():
+    assert sites(fx_models.no_sites(), "fx") == []
+
+
+def test_shape_dependent_if_falls_back_to_export():
+    model = fx_models.shape_dependent_if()
+    cap = capture(model, torch.randn(2, 3, 32, 32))
+    assert cap.frontend == "export"
+    assert "TraceError" in cap.fx_error
+    (site,) = find(cap, model).sites
+    assert layout(site) == [((0, 4), None), ((4, 8), BI2)]
+
+
+def test_torchvision_deeplabv3_has_one_aspp_site():
+    from eqsurgeon.loading import load_model
+
+    model = load_model("torchvision:deeplabv3_resnet50", {"num_classes": 3})
+    (site,) = find_sites(model, torch.randn(2, 3, 64, 64))
+    assert site.layer == "classifier.0.project.0"
+    assert [s.channels for s in site.subjects] == [(i * 256, (i + 1) * 256) for i in range(5)]
+    assert [s.upsample is not None for s in site.subjects] == [False] * 4 + [True]
+    assert site.subjects[-1].upsample.mode == "bilinear"
+
+
+def test_torchvision_fcn_has_no_site():
+    from eqsurgeon.loading import load_model
+
+    model = load_model("torchvision:fcn_resnet50", {"num_classes": 3})
+    assert find_sites(model, torch.randn(2, 3, 64, 64)) == []
