@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from _train_helpers import DEMO_RECIPE, TINY, quick
 
 from eqsurgeon.data.demo import make_demo_data
 from eqsurgeon.errors import DataError, OutputExistsError, RecipeError, TrainingError
 from eqsurgeon.training.checkpoint import list_checkpoints, load_state, load_weights
 from eqsurgeon.training.config import load_config, load_config_text
 from eqsurgeon.training.loop import train
+from tests._train_helpers import DEMO_RECIPE, TINY, quick
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from _train_helpers import DEMO_RECIPE, ROOT, TINY, quick
 
 from eqsurgeon.data.demo import make_demo_data
 from eqsurgeon.training.checkpoint import checkpoint_files, load_weights
 from eqsurgeon.training.config import load_config
 from eqsurgeon.training.loop import train
+from tests._train_helpers import DEMO_RECIPE, ROOT, TINY, quick
 
 pytestmark = pytest.mark.slow
 TESTS = Path(__file__).parent

@@ -93,8 +93,9 @@ class CheckpointConfig:
 @dataclass(frozen=True)
 class EqConfig:
     mode: str = "none"  # none | fold | insert
-    images: int = 64  # training crops to calibrate on (over all ranks)
+    images: int = 64  # training crops to calibrate on at most (over all ranks)
     batch_size: int = 8
+    tolerance: float = 0.005  # stop earlier once every σ has this relative standard error
     bn_mode: str = "auto"  # auto | batch | eval
     bias_correction: str = "auto"
 

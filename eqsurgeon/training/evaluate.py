@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import torch
@@ -96,7 +95,6 @@ def evaluate_checkpoint(cfg: TrainConfig, checkpoint: Path) -> SegMetrics:
     """
     from eqsurgeon.data.segmentation import find_samples
     from eqsurgeon.data.transforms import eval_pipeline
-    from eqsurgeon.training.checkpoint import load_weights
     from eqsurgeon.training.model import build_model
 
     d = cfg.data
@@ -114,19 +112,8 @@ def evaluate_checkpoint(cfg: TrainConfig, checkpoint: Path) -> SegMetrics:
     )
     info = distributed.setup(cfg.run.device)
     try:
-        model = build_model(dataclasses.replace(cfg.model, init=""))
-        weights, metadata = load_weights(Path(checkpoint))
-        if "eqsurgeon" in metadata:
-            from eqsurgeon.training.equalize import rebuild_inserted
-
-            record = json.loads(metadata["eqsurgeon"])
-            if record.get("mode") == "insert":
-                model = rebuild_inserted(model, record)
-        try:
-            model.load_state_dict(weights)
-        except RuntimeError as exc:
-            first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
-            raise CheckpointError(f"{checkpoint} does not fit model {cfg.model.name}: {first}") from None
+        # load_model rebuilds insert-mode equalizers from the checkpoint's metadata before loading it.
+        model = build_model(dataclasses.replace(cfg.model, init=str(checkpoint))).eval()
         model.to(info.device)
         if cfg.run.channels_last:
             model.to(memory_format=torch.channels_last)

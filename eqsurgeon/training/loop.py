@@ -8,6 +8,8 @@ it, and each sample's augmentation is seeded by (seed, epoch, index)).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import random
 import resource
@@ -24,7 +26,8 @@ from torch.utils.data import DataLoader
 from eqsurgeon.data.sampler import InfiniteSampler
 from eqsurgeon.data.segmentation import SegmentationDataset, find_samples
 from eqsurgeon.data.transforms import eval_pipeline, train_pipeline
-from eqsurgeon.errors import DataError, RecipeError, TrainingError
+from eqsurgeon.errors import CheckpointError, DataError, RecipeError, TrainingError
+from eqsurgeon.loading import fit_state_dict
 from eqsurgeon.training import distributed, rundir
 from eqsurgeon.training.checkpoint import (
     checkpoint_files,
@@ -38,7 +41,7 @@ from eqsurgeon.training.config import TrainConfig
 from eqsurgeon.training.evaluate import autocast, evaluate, to_input
 from eqsurgeon.training.losses import segmentation_loss, split_outputs
 from eqsurgeon.training.metrics import SegMetrics
-from eqsurgeon.training.model import build_model
+from eqsurgeon.training.model import build_model, init_record
 from eqsurgeon.training.optim import build_optimizer, build_scheduler
 
 LogFn = Callable[[dict[str, Any]], None]
@@ -109,14 +112,15 @@ def _train(cfg: TrainConfig, resume: bool, on_log: LogFn, info: distributed.Dist
 
     # -- model: identical init on every rank; then per-rank RNG streams (dropout, drop-path)
     torch.manual_seed(cfg.run.seed)
-    model = build_model(cfg.model)
-    start_iter, best_miou, eq_record = 0, None, None
+    # A resumed run takes its weights (and equalizer structure) from the checkpoint, not from --init.
+    model = build_model(dataclasses.replace(cfg.model, init="") if ckpt else cfg.model)
+    start_iter, best_miou, eq_record = 0, None, init_record(cfg.model)
     state: dict[str, Any] | None = None
     if ckpt is not None:
         state = load_state(ckpt)
         eq_record = state.get("eq")
         model = _restore_structure(model, eq_record)
-        model.load_state_dict(load_weights(ckpt.weights)[0])
+        fit_state_dict(model, load_weights(ckpt.weights)[0], ckpt.weights)
         start_iter, best_miou = int(state["iter"]), state.get("best_miou")
         if len(state["rng"]) != info.world:
             raise RecipeError(
@@ -124,6 +128,12 @@ def _train(cfg: TrainConfig, resume: bool, on_log: LogFn, info: distributed.Dist
             )
     elif cfg.eq.mode != "none":
         from eqsurgeon.training.equalize import equalize_in_loop
+
+        if eq_record is not None and any(s["status"] == "ok" for s in eq_record["sites"]):
+            raise CheckpointError(
+                f"--init {cfg.model.init} is already equalized ({eq_record['mode']} mode); equalizing again "
+                "would divide by σ twice: set eq.mode = \"none\" to train it as is"
+            )
 
         model, eq_record = equalize_in_loop(model, cfg, train_set, info)
         if info.is_main:
@@ -330,15 +340,13 @@ def _restore_structure(model: nn.Module, eq_record: dict[str, Any] | None) -> nn
 
 
 def _metadata(cfg: TrainConfig, iteration: int, eq_record: dict[str, Any] | None) -> dict[str, str]:
-    import json
-
     meta = {
         "model": cfg.model.name,
         "model_kwargs": json.dumps(cfg.model.kwargs),
         "iteration": str(iteration),
     }
     if eq_record is not None:
-        meta["eqsurgeon"] = json.dumps(eq_record)
+        meta["eqsurgeon"] = json.dumps(eq_record, sort_keys=True, separators=(",", ":"))
     return meta
 
 
