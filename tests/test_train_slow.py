@@ -19,7 +19,10 @@ import torch
 from eqsurgeon.data.demo import make_demo_data
 from eqsurgeon.training.checkpoint import checkpoint_files, load_weights
 from eqsurgeon.training.config import load_config
-from eqsurgeon.training.loop import train
+from eqsurgeon.training.distributed import DistInfo
+from eqsurgeon.training.equalize import equalize_in_loop
+from eqsurgeon.training.loop import make_datasets, train
+from eqsurgeon.training.model import build_model
 from tests._train_helpers import DEMO_RECIPE, ROOT, TINY, quick
 
 pytestmark = pytest.mark.slow
@@ -32,11 +35,13 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_demo_data(tmp_path_factory.mktemp("slow") / "demo", images=16, size=64)
 
 
-def test_tiny_model_overfits_demo_data(data: Path, tmp_path: Path) -> None:
-    # The demo recipe as shipped, shortened: eval on the training images.
-    cfg = load_config(DEMO_RECIPE, [f'model.name="{TINY}"', f'data.root="{data}"', f'run.out="{tmp_path}"',
-                                    "data.workers=0", "schedule.iters=200", "eval.interval=0",
-                                    "run.log_interval=50"])
+def test_tiny_zoo_model_overfits_demo_data(data: Path, tmp_path: Path) -> None:
+    # The demo recipe's upernet_tiny, evaluated on its 16 training images. Overfitting is the point, so
+    # the scale/colour augmentation is off (crop and flip stay); with it the demo needs ~300 iterations.
+    cfg = load_config(DEMO_RECIPE, [f'data.root="{data}"', f'run.out="{tmp_path}"', "data.workers=0",
+                                    "schedule.iters=150", "eval.interval=0", "run.log_interval=50",
+                                    "data.ratio_range=[1.0, 1.0]", "data.photometric=false"])
+    assert cfg.model.name == "upernet_tiny"
     result = train(cfg)
     assert result.metrics is not None and result.metrics.miou >= 0.9, result.metrics
 
@@ -67,16 +72,22 @@ def test_sigkill_then_resume_is_bit_identical(data: Path, tmp_path: Path) -> Non
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def _torchrun(out: Path, data: Path, *extra: str) -> None:
-    sets = quick(data, out, "schedule.iters=10", "eval.interval=5", "checkpoint.interval=5", *extra)
+def _torchrun(sets: list[str]) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            str(TESTS / "_train_script.py"), str(DEMO_RECIPE), *sets]
     done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+# In-loop calibration on 8 crops (4 per rank), BN on running statistics so a crop's features do not
+# depend on which batch it is in; the tolerance is tiny so every crop is used.
+EQ = ["eq.mode=fold", "eq.bn_mode=eval", "eq.images=8", "eq.batch_size=2", "eq.tolerance=1e-9"]
+
+
 def test_two_process_gloo_ranks_end_identical(data: Path, tmp_path: Path) -> None:
-    _torchrun(tmp_path, data)
+    sets = quick(data, tmp_path, "schedule.iters=10", "eval.interval=5", "checkpoint.interval=5",
+                 "data.crop_size=[64, 64]", *EQ, model="upernet_tiny")
+    _torchrun(sets)
     r0, _ = load_weights(tmp_path / "rank0.safetensors")
     r1, _ = load_weights(tmp_path / "rank1.safetensors")
     assert all(torch.equal(r0[k], r1[k]) for k in r0)
@@ -85,3 +96,21 @@ def test_two_process_gloo_ranks_end_identical(data: Path, tmp_path: Path) -> Non
     records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in records if "mIoU" in r] == [5, 10]  # rank 0 alone wrote, once per eval
     assert max(r["img_s"] for r in records if "img_s" in r) > 0
+
+    # Both ranks applied the same μ/σ, pooled from all 8 crops ...
+    eq0 = json.loads((tmp_path / "rank0.json").read_text())["eq"]
+    eq1 = json.loads((tmp_path / "rank1.json").read_text())["eq"]
+    assert eq0 == eq1 and eq0["images"] == 8 and eq0["bn_mode"] == "eval"
+    # ... equal to one process measuring the same 8 crops.
+    cfg = load_config(DEMO_RECIPE, sets)
+    torch.manual_seed(cfg.run.seed)
+    model = build_model(cfg.model)
+    _, single = equalize_in_loop(model, cfg, make_datasets(cfg)[0], DistInfo(0, 1, 0, torch.device("cpu")))
+    assert single["images"] == 8
+    pairs = [(a, b) for s0, s1 in zip(eq0["sites"], single["sites"], strict=True)
+             for a, b in zip(s0["inputs"], s1["inputs"], strict=True)]
+    assert len(pairs) >= 4
+    for a, b in pairs:
+        assert a["mean"] == pytest.approx(b["mean"], rel=1e-6, abs=1e-6)
+        assert a["std"] == pytest.approx(b["std"], rel=1e-6, abs=1e-6)
+        assert a["scale"] == pytest.approx(b["scale"], rel=1e-6)

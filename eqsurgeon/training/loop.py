@@ -94,21 +94,7 @@ def _train(cfg: TrainConfig, resume: bool, on_log: LogFn, info: distributed.Dist
     ckpt = _on_rank0(info, lambda: rundir.prepare(run_dir, cfg, resume))
 
     # -- data
-    train_set = SegmentationDataset(
-        find_samples(Path(d.root), "train", d.format),
-        d.num_classes,
-        d.ignore_index,
-        train_pipeline(
-            d.crop_size, d.scale, d.ratio_range, d.cat_max_ratio, d.flip_prob, d.photometric, d.ignore_index
-        ),
-        seed=cfg.run.seed,
-    )
-    val_set = SegmentationDataset(
-        find_samples(Path(d.root), cfg.eval.split, d.format),
-        d.num_classes,
-        d.ignore_index,
-        eval_pipeline(cfg.eval.scale),
-    )
+    train_set, val_set = make_datasets(cfg)
 
     # -- model: identical init on every rank; then per-rank RNG streams (dropout, drop-path)
     torch.manual_seed(cfg.run.seed)
@@ -298,6 +284,24 @@ def _train(cfg: TrainConfig, resume: bool, on_log: LogFn, info: distributed.Dist
             },
         )
     return result
+
+
+def make_datasets(cfg: TrainConfig) -> tuple[SegmentationDataset, SegmentationDataset]:
+    """The recipe's training set (MMSeg training pipeline) and evaluation set (test-time resize)."""
+    d = cfg.data
+    pipeline = train_pipeline(
+        d.crop_size, d.scale, d.ratio_range, d.cat_max_ratio, d.flip_prob, d.photometric, d.ignore_index
+    )
+    train_set = SegmentationDataset(
+        find_samples(Path(d.root), "train", d.format), d.num_classes, d.ignore_index, pipeline, cfg.run.seed
+    )
+    val_set = SegmentationDataset(
+        find_samples(Path(d.root), cfg.eval.split, d.format),
+        d.num_classes,
+        d.ignore_index,
+        eval_pipeline(cfg.eval.scale),
+    )
+    return train_set, val_set
 
 
 def _on_rank0(info: distributed.DistInfo, fn: Callable[[], Any]) -> Any:
