@@ -159,7 +159,8 @@ def load_config(path: Path | None, overrides: list[str] | tuple[str, ...] = ()) 
             raise RecipeError(f"recipe {path} is not valid TOML: {exc}") from None
     for item in overrides:
         _apply_override(raw, item)
-    return config_from_dict(raw, source=str(path or "--set"))
+    source = " + ".join(([str(path)] if path is not None else []) + (["--set"] if overrides else []))
+    return config_from_dict(raw, source=source or "defaults")
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "recipe") -> TrainConfig:

@@ -90,11 +90,9 @@ def _train(cfg: TrainConfig, resume: bool, on_log: LogFn, info: distributed.Dist
     if d.num_classes < 1:
         raise RecipeError("data.num_classes must be set to the number of classes (e.g. 150 for ADE20K)")
 
-    # -- run folder: rank 0 checks it; the others learn the outcome (an error anywhere stops every rank)
-    ckpt = _on_rank0(info, lambda: rundir.prepare(run_dir, cfg, resume))
-
-    # -- data
+    # -- data, then the run folder: rank 0 checks it and every rank learns the outcome (or the error)
     train_set, val_set = make_datasets(cfg)
+    ckpt = _on_rank0(info, lambda: rundir.check(run_dir, cfg, resume))
 
     # -- model: identical init on every rank; then per-rank RNG streams (dropout, drop-path)
     torch.manual_seed(cfg.run.seed)
@@ -122,8 +120,6 @@ def _train(cfg: TrainConfig, resume: bool, on_log: LogFn, info: distributed.Dist
             )
 
         model, eq_record = equalize_in_loop(model, cfg, train_set, info)
-        if info.is_main:
-            write_json(run_dir / "eq.json", eq_record)
     torch.manual_seed(cfg.run.seed + 1000 * info.rank)
 
     model.to(device)
@@ -150,6 +146,12 @@ def _train(cfg: TrainConfig, resume: bool, on_log: LogFn, info: distributed.Dist
         _set_rng(state["rng"][info.rank])
         if info.is_main:
             rundir.truncate_metrics(run_dir, start_iter)
+
+    if ckpt is None and info.is_main:
+        rundir.create(run_dir, cfg)  # only now: a start that failed on bad input leaves no folder behind
+    if cfg.eq.mode != "none" and eq_record is not None and ckpt is None and info.is_main:
+        write_json(run_dir / "eq.json", eq_record)
+    distributed.barrier()
 
     sampler = InfiniteSampler(
         len(train_set), cfg.run.seed, info.rank, info.world, start=start_iter * d.batch_size

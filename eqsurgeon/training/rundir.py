@@ -27,8 +27,8 @@ RESUME_MAY_DIFFER = frozenset(
 )
 
 
-def prepare(run_dir: Path, cfg: TrainConfig, resume: bool) -> CheckpointFiles | None:
-    """Check and set up ``run_dir`` (rank 0): returns the checkpoint to resume from, if any.
+def check(run_dir: Path, cfg: TrainConfig, resume: bool) -> CheckpointFiles | None:
+    """Check ``run_dir`` without writing anything: returns the checkpoint to resume from, if any.
 
     Raises:
         OutputExistsError: the folder holds a run and ``resume`` is False.
@@ -38,8 +38,8 @@ def prepare(run_dir: Path, cfg: TrainConfig, resume: bool) -> CheckpointFiles | 
     >>> import tempfile
     >>> from eqsurgeon.training.config import TrainConfig
     >>> d = Path(tempfile.mkdtemp()) / "run"
-    >>> prepare(d, TrainConfig(), resume=False) is None, (d / "config.toml").is_file()
-    (True, True)
+    >>> check(d, TrainConfig(), resume=False) is None
+    True
     """
     config_path = run_dir / CONFIG_NAME
     if not resume:
@@ -48,10 +48,6 @@ def prepare(run_dir: Path, cfg: TrainConfig, resume: bool) -> CheckpointFiles | 
                 f"run folder {run_dir} already holds a run; "
                 "pass --resume to continue it or choose another --out"
             )
-        run_dir.mkdir(parents=True, exist_ok=True)
-        text = dump_toml(cfg)
-        atomic_write(config_path, lambda f: f.write(text.encode()))
-        (run_dir / METRICS_NAME).unlink(missing_ok=True)
         return None
     if not config_path.is_file():
         raise CheckpointError(
@@ -65,6 +61,14 @@ def prepare(run_dir: Path, cfg: TrainConfig, resume: bool) -> CheckpointFiles | 
         )
     checkpoints = list_checkpoints(run_dir)
     return checkpoints[-1] if checkpoints else None
+
+
+def create(run_dir: Path, cfg: TrainConfig) -> None:
+    """Make ``run_dir`` with the resolved config, once the run is about to start (rank 0)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    text = dump_toml(cfg)
+    atomic_write(run_dir / CONFIG_NAME, lambda f: f.write(text.encode()))
+    (run_dir / METRICS_NAME).unlink(missing_ok=True)
 
 
 def config_differences(old: TrainConfig, new: TrainConfig) -> list[str]:
