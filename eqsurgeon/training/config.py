@@ -26,6 +26,7 @@ class ModelConfig:
     name: str = ""  # model spec: zoo name, file.py:factory or package.module:factory
     kwargs: dict[str, Any] = field(default_factory=dict)  # factory keyword arguments
     init: str = ""  # checkpoint to start from (calibrated or pretrained); --init overrides
+    drop_path_rate: float | None = None  # stochastic depth of the backbone's last block; [] = the model's own
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,9 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)  # adamw
     no_decay_norm_bias: bool = True  # no weight decay on norm weights and biases (1-d params)
     grad_clip: float = 0.0  # max gradient norm; 0 disables
+    no_decay_names: tuple[str, ...] = ()  # also no weight decay where a parameter name contains one of these
+    layer_decay_rate: float = 1.0  # ConvNeXt stage-wise lr decay (MMSeg LearningRateDecayOptimizerConstructor)
+    layer_decay_num_layers: int = 0  # its paramwise_cfg num_layers (6 for ConvNeXt-T, 12 for S/B); 0 = off
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,7 @@ class RunConfig:
     compile: bool = False
     log_interval: int = 50
     deterministic: bool = False  # cudnn.deterministic; CPU runs are deterministic already
+    gpus: int = 0  # GPUs the recipe was written for: total batch = data.batch_size × gpus; 0 = any
 
 
 @dataclass(frozen=True)

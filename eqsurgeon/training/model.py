@@ -24,7 +24,12 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     """
     if not cfg.name:
         raise RecipeError("no model: set model.name in the recipe (a zoo name or file.py:factory)")
-    return load_model(cfg.name, dict(cfg.kwargs), Path(cfg.init) if cfg.init else None).train()
+    model = load_model(cfg.name, dict(cfg.kwargs), Path(cfg.init) if cfg.init else None).train()
+    if cfg.drop_path_rate is not None:
+        from eqsurgeon.training.drop_path import set_drop_path_rate
+
+        set_drop_path_rate(model, cfg.drop_path_rate)
+    return model
 
 
 def init_record(cfg: ModelConfig) -> dict[str, Any] | None:

@@ -26,6 +26,10 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
         (no_decay if cfg.no_decay_norm_bias and exempt else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
+    if cfg.no_decay_names or cfg.layer_decay_num_layers:  # the paper recipes' per-parameter rules
+        from eqsurgeon.training.param_groups import param_groups
+
+        groups = param_groups(model, cfg)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
