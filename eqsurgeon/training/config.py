@@ -58,7 +58,7 @@ class OptimConfig:
     no_decay_norm_bias: bool = True  # no weight decay on norm weights and biases (1-d params)
     grad_clip: float = 0.0  # max gradient norm; 0 disables
     no_decay_names: tuple[str, ...] = ()  # also no weight decay where a parameter name contains one of these
-    layer_decay_rate: float = 1.0  # ConvNeXt stage-wise lr decay (MMSeg LearningRateDecayOptimizerConstructor)
+    layer_decay_rate: float = 1.0  # ConvNeXt stage-wise lr decay (MMSeg's LR-decay constructor)
     layer_decay_num_layers: int = 0  # its paramwise_cfg num_layers (6 for ConvNeXt-T, 12 for S/B); 0 = off
 
 

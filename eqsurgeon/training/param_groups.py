@@ -60,7 +60,7 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
 
 
 def convnext_stage_id(name: str, num_layers: int) -> int:
-    """MMSeg's ``get_stage_id_for_convnext`` on this package's names (timm's ConvNeXt under ``backbone.body``).
+    """MMSeg's ``get_stage_id_for_convnext`` on this package's names (timm ConvNeXt in ``backbone.body``).
 
     The stem and every downsampling layer are stage 0, the blocks of stage i are i + 1, everything else
     (decode heads, the backbone's output norms) is ``num_layers - 1``, i.e. lr scale 1.
