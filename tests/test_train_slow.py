@@ -19,9 +19,10 @@ import torch
 from eqsurgeon.data.demo import make_demo_data
 from eqsurgeon.training.checkpoint import checkpoint_files, load_weights
 from eqsurgeon.training.config import load_config
+from eqsurgeon.training.datasets import make_datasets
 from eqsurgeon.training.distributed import DistInfo
 from eqsurgeon.training.equalize import equalize_in_loop
-from eqsurgeon.training.loop import make_datasets, train
+from eqsurgeon.training.loop import train
 from eqsurgeon.training.model import build_model
 from tests._train_helpers import DEMO_RECIPE, ROOT, TINY, quick
 

@@ -32,7 +32,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DataConfig:
     root: str = ""  # dataset folder; --data overrides
-    format: str = "auto"  # auto | folder | ade20k | cityscapes | voc
+    format: str = "auto"  # auto | folder | ade20k | cityscapes | voc | synthetic (random, in memory)
     num_classes: int = 0
     class_names: tuple[str, ...] = ()
     ignore_index: int = 255
@@ -131,7 +131,7 @@ class TrainConfig:
 
 
 CHOICES = {
-    "data.format": ("auto", "folder", "ade20k", "cityscapes", "voc"),
+    "data.format": ("auto", "folder", "ade20k", "cityscapes", "voc", "synthetic"),
     "optim.name": ("adamw", "sgd"),
     "loss.average": ("all", "valid"),
     "eval.mode": ("whole", "slide"),

@@ -18,12 +18,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from eqsurgeon.calibration import calibrate, site_records
 from eqsurgeon.checkpoint import METADATA_KEY, CalibrationMeta, rebuild_equalizers
 from eqsurgeon.data.sampler import InfiniteSampler
-from eqsurgeon.data.segmentation import SegmentationDataset
 from eqsurgeon.errors import RecipeError
 from eqsurgeon.reduce import ddp_reduce
 from eqsurgeon.training.config import TrainConfig
@@ -35,7 +34,7 @@ _CALIBRATION_EPOCH = -1
 
 
 def equalize_in_loop(
-    model: nn.Module, cfg: TrainConfig, train_set: SegmentationDataset, info: DistInfo
+    model: nn.Module, cfg: TrainConfig, train_set: Dataset, info: DistInfo
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Calibrate ``model`` in place on ``cfg.eq.images`` training crops (over all ranks).
 

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
-from eqsurgeon.data.segmentation import SegmentationDataset
 from eqsurgeon.errors import CheckpointError, RecipeError
 from eqsurgeon.training import distributed
 from eqsurgeon.training.config import DataConfig, EvalConfig, TrainConfig
@@ -19,7 +18,7 @@ from eqsurgeon.training.metrics import SegMetrics, area_counts, summarize
 
 def evaluate(
     model: nn.Module,
-    dataset: SegmentationDataset,
+    dataset: Dataset,
     data: DataConfig,
     cfg: EvalConfig,
     device: torch.device,
@@ -93,23 +92,17 @@ def evaluate_checkpoint(cfg: TrainConfig, checkpoint: Path) -> SegMetrics:
 
     >>> # eqsurgeon eval train/recipes/demo.toml --checkpoint runs/demo/best.safetensors
     """
-    from eqsurgeon.data.segmentation import find_samples
-    from eqsurgeon.data.transforms import eval_pipeline
+    from eqsurgeon.training.datasets import make_datasets
     from eqsurgeon.training.model import build_model
 
     d = cfg.data
-    if not d.root:
+    if not d.root and d.format != "synthetic":
         raise RecipeError("no dataset: set data.root in the recipe or pass --data DIR")
     if not Path(checkpoint).is_file():
         raise CheckpointError(
             f"checkpoint {checkpoint} does not exist; pass a .safetensors from a run folder"
         )
-    dataset = SegmentationDataset(
-        find_samples(Path(d.root), cfg.eval.split, d.format),
-        d.num_classes,
-        d.ignore_index,
-        eval_pipeline(cfg.eval.scale),
-    )
+    dataset = make_datasets(cfg)[1]
     info = distributed.setup(cfg.run.device)
     try:
         # load_model rebuilds insert-mode equalizers from the checkpoint's metadata before loading it.

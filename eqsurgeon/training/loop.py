@@ -24,8 +24,6 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from eqsurgeon.data.sampler import InfiniteSampler
-from eqsurgeon.data.segmentation import SegmentationDataset, find_samples
-from eqsurgeon.data.transforms import eval_pipeline, train_pipeline
 from eqsurgeon.errors import CheckpointError, DataError, RecipeError, TrainingError
 from eqsurgeon.loading import fit_state_dict
 from eqsurgeon.training import distributed, rundir
@@ -38,6 +36,7 @@ from eqsurgeon.training.checkpoint import (
     write_weights,
 )
 from eqsurgeon.training.config import TrainConfig
+from eqsurgeon.training.datasets import make_datasets
 from eqsurgeon.training.evaluate import autocast, evaluate, to_input
 from eqsurgeon.training.losses import segmentation_loss, split_outputs
 from eqsurgeon.training.metrics import SegMetrics
@@ -85,7 +84,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, on_log: LogFn | None = None
 def _train(cfg: TrainConfig, resume: bool, on_log: LogFn, info: distributed.DistInfo) -> TrainResult:
     t_start = time.perf_counter()
     run_dir, d, device = Path(cfg.run.out), cfg.data, info.device
-    if not d.root:
+    if not d.root and d.format != "synthetic":
         raise RecipeError("no dataset: set data.root in the recipe or pass --data DIR")
     if d.num_classes < 1:
         raise RecipeError("data.num_classes must be set to the number of classes (e.g. 150 for ADE20K)")
@@ -116,7 +115,7 @@ def _train(cfg: TrainConfig, resume: bool, on_log: LogFn, info: distributed.Dist
         if eq_record is not None and any(s["status"] == "ok" for s in eq_record["sites"]):
             raise CheckpointError(
                 f"--init {cfg.model.init} is already equalized ({eq_record['mode']} mode); equalizing again "
-                "would divide by σ twice: set eq.mode = \"none\" to train it as is"
+                'would divide by σ twice: set eq.mode = "none" to train it as is'
             )
 
         model, eq_record = equalize_in_loop(model, cfg, train_set, info)
@@ -286,24 +285,6 @@ def _train(cfg: TrainConfig, resume: bool, on_log: LogFn, info: distributed.Dist
             },
         )
     return result
-
-
-def make_datasets(cfg: TrainConfig) -> tuple[SegmentationDataset, SegmentationDataset]:
-    """The recipe's training set (MMSeg training pipeline) and evaluation set (test-time resize)."""
-    d = cfg.data
-    pipeline = train_pipeline(
-        d.crop_size, d.scale, d.ratio_range, d.cat_max_ratio, d.flip_prob, d.photometric, d.ignore_index
-    )
-    train_set = SegmentationDataset(
-        find_samples(Path(d.root), "train", d.format), d.num_classes, d.ignore_index, pipeline, cfg.run.seed
-    )
-    val_set = SegmentationDataset(
-        find_samples(Path(d.root), cfg.eval.split, d.format),
-        d.num_classes,
-        d.ignore_index,
-        eval_pipeline(cfg.eval.scale),
-    )
-    return train_set, val_set
 
 
 def _on_rank0(info: distributed.DistInfo, fn: Callable[[], Any]) -> Any:
