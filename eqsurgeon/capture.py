@@ -9,7 +9,11 @@ shape) afterwards, so site finding reads shapes the same way for either.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import io
+import logging
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 
 import torch
@@ -64,7 +68,7 @@ def capture(model: nn.Module, example_input: torch.Tensor, frontend: str = "auto
         raise CaptureError(f"unknown frontend {frontend!r}; use one of {', '.join(FRONTENDS)}")
     fx_error = None
     # Captured in eval mode so that tracing neither updates BN buffers nor draws dropout masks.
-    with preserved_state(model), torch.no_grad():
+    with preserved_state(model), torch.no_grad(), _quiet():
         model.eval()
         if frontend in ("auto", "fx"):
             try:
@@ -112,6 +116,19 @@ def _symbolic_trace(model: nn.Module, example_input: torch.Tensor) -> fx.GraphMo
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     FakeTensorProp(gm, mode).propagate(mode.from_tensor(example_input))
     return gm
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    # Tracers log, warn and print (torch.export prints a failed partial graph to stderr) while they
+    # probe; a failed capture is reported in one line instead.
+    logging.disable(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings(), redirect_stderr(io.StringIO()), redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -57,6 +58,7 @@ class SiteRecord:
     bias_corrected: bool = False
     note: str | None = None
     std_rel_se: float | None = None
+    images: int | None = None
     var_ratio_before: float | None = None
     var_ratio_after: float | None = None
     inputs: tuple[InputRecord, ...] = ()
@@ -77,15 +79,22 @@ class CalibrationMeta:
     converged: bool | None = None
     seed: int | None = None
     input_size: tuple[int, int] | None = None
+    image_mean: tuple[float, ...] | None = None
+    image_std: tuple[float, ...] | None = None
+    skipped_files: int = 0
     sites: tuple[SiteRecord, ...] = ()
     tool_version: str = ""
     format_version: int = FORMAT_VERSION
 
-    def to_json(self) -> str:
-        """Canonical JSON: sorted keys, no whitespace, so equal metadata gives equal bytes."""
+    def to_dict(self) -> dict:
+        """Plain JSON-able dict (tuples become lists when serialized)."""
         data = asdict(self)
         data["tool_version"] = data["tool_version"] or _tool_version()
-        return json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=True)
+        return data
+
+    def to_json(self) -> str:
+        """Canonical JSON: sorted keys, no whitespace, so equal metadata gives equal bytes."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), allow_nan=True)
 
     @classmethod
     def from_json(cls, text: str) -> CalibrationMeta:
@@ -103,8 +112,8 @@ class CalibrationMeta:
             )
             for s in data.get("sites", ())
         )
-        size = data.get("input_size")
-        return cls(**{**_known(cls, data), "sites": sites, "input_size": tuple(size) if size else None})
+        tuples = {k: tuple(data[k]) for k in ("input_size", "image_mean", "image_std") if data.get(k)}
+        return cls(**{**_known(cls, data), **tuples, "sites": sites})
 
     @property
     def equalized_sites(self) -> tuple[SiteRecord, ...]:
@@ -190,30 +199,51 @@ def refuse_double_equalization(meta: CalibrationMeta | None, path: Path | str, f
     )
 
 
-def load(model: nn.Module, checkpoint: Path | str, strict: bool = True) -> nn.Module:
+def load(model: nn.Module, checkpoint: Path | str) -> nn.Module:
     """Load a (calibrated) checkpoint into ``model``, first rebuilding insert-mode equalizers if any.
 
     Fold-mode checkpoints have the model's own keys and load as is. Insert-mode checkpoints hold
     ``<layer>.layer.*`` and ``<layer>.equalizers.<i>.*`` keys: the wrappers are inserted from the
-    metadata, then the state dict is loaded ``strict``.
+    metadata, then the state dict is loaded with ``strict=True``.
 
-    >>> # model = load(build_my_model(), "calibrated.safetensors")
+    Raises:
+        CheckpointError: the checkpoint is unreadable or does not fit the model.
+
+    >>> # model = eqsurgeon.load(build_my_model(), "calibrated.safetensors")
     """
+    tensors, meta = read_checkpoint(checkpoint)
+    apply_checkpoint(model, tensors, meta, checkpoint)
+    return model
+
+
+def apply_checkpoint(
+    model: nn.Module, tensors: dict[str, torch.Tensor], meta: CalibrationMeta | None, source: Path | str
+) -> None:
+    """``load`` for an already read checkpoint: insert equalizers per ``meta``, then load strictly."""
+    from eqsurgeon.loading import fit_state_dict
+
+    if meta is not None:
+        _insert_equalizers(model, meta)
+    fit_state_dict(model, tensors, source)
+
+
+def rebuild_equalizers(model: nn.Module, metadata: Mapping[str, str]) -> None:
+    """Insert the equalizer wrappers an insert-mode checkpoint's raw safetensors metadata describes.
+
+    For loaders that read the state dict themselves (``eqsurgeon.loading.load_model``).
+    """
+    if METADATA_KEY in metadata:
+        _insert_equalizers(model, CalibrationMeta.from_json(metadata[METADATA_KEY]))
+
+
+def _insert_equalizers(model: nn.Module, meta: CalibrationMeta) -> None:
     from eqsurgeon.equalize import InputStat, insert_equalizers
 
-    tensors, meta = read_checkpoint(checkpoint)
-    if meta is not None and meta.mode == "insert":
-        for site in meta.equalized_sites:
-            stats = [InputStat(tuple(i.channels), i.mean, i.std) for i in site.inputs]
-            insert_equalizers(model, site.layer, stats, site.channel_dim)
-    try:
-        model.load_state_dict(tensors, strict=strict)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise CheckpointError(
-            f"checkpoint {checkpoint} does not fit the model ({first}); build the model it was saved from"
-        ) from exc
-    return model
+    if meta.mode != "insert":
+        return
+    for site in meta.equalized_sites:
+        stats = [InputStat(tuple(i.channels), i.mean, i.std) for i in site.inputs]
+        insert_equalizers(model, site.layer, stats, site.channel_dim)
 
 
 def _known(cls: type, data: dict) -> dict:
@@ -222,9 +252,6 @@ def _known(cls: type, data: dict) -> dict:
 
 
 def _tool_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    import eqsurgeon
 
-    try:
-        return version("eqsurgeon")
-    except PackageNotFoundError:
-        return "0+unknown"
+    return eqsurgeon.__version__

@@ -224,16 +224,15 @@ class OpView:
         weight = node.args[1] if len(node.args) > 1 else None
         return weight.name if isinstance(weight, fx.Node) else None
 
-    def describe(self, node: fx.Node) -> str:
-        """A readable name for the node that produced a tensor: its module path when known."""
+    def describe(self, node: fx.Node, with_node: bool = False) -> str:
+        """A readable name for a node: its module path when known (``path:node`` with ``with_node``)."""
         if node.op == "call_module":
             return str(node.target)
         stack = node.meta.get("nn_module_stack") or {}
-        if stack:
-            path = _clean_path(list(stack.values())[-1][0])
-            if path:
-                return path
-        return node.name
+        path = _clean_path(list(stack.values())[-1][0]) if stack else ""
+        if not path:
+            return node.name
+        return f"{path}:{node.name}" if with_node else path
 
     def _weight_owner(self, node: fx.Node) -> str | None:
         weight = node.args[1] if len(node.args) > 1 else None

@@ -51,7 +51,10 @@ def load_model(
     if not isinstance(model, nn.Module):
         raise ModelLoadError(f"factory {label} returned {type(model).__name__}, not a torch.nn.Module")
     if checkpoint is not None:
-        state, _ = read_state_dict(checkpoint)
+        state, metadata = read_state_dict(checkpoint)
+        from eqsurgeon.checkpoint import rebuild_equalizers
+
+        rebuild_equalizers(model, metadata)  # an insert-mode checkpoint's keys need its wrappers
         fit_state_dict(model, state, checkpoint)
     return model
 

@@ -250,7 +250,7 @@ def _add_site(view: OpView, node: fx.Node) -> AddSite | None:
         inputs.append(Subject((0, width), view.describe(source), up))
     if not any(s.upsample for s in inputs):
         return None
-    return AddSite(view.describe(node), tuple(inputs))
+    return AddSite(view.describe(node, with_node=True), tuple(inputs))
 
 
 def _dedupe(sites: list[FusionSite]) -> list[FusionSite]:

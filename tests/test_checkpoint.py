@@ -131,7 +131,7 @@ def test_load_rebuilds_insert_mode(tmp_path: Path) -> None:
     fresh = load(nn.Sequential(nn.Conv2d(4, 2, 1), nn.ReLU()), path)
     x = torch.randn(2, 4, 3, 3)
     torch.testing.assert_close(fresh(x), net(x))
-    with pytest.raises(CheckpointError, match="does not fit"):
+    with pytest.raises(CheckpointError, match="does not fit the model"):
         load(
             nn.Sequential(nn.Conv2d(4, 3, 1)),
             save_checkpoint(tmp_path / "f.safetensors", {"x": torch.ones(1)}, _meta()),

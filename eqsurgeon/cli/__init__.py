@@ -26,10 +26,12 @@ def _root(
 
 def _register() -> None:
     # Each command lives in its own module; registering here keeps the order of `--help` deliberate.
-    from eqsurgeon.cli import analyze, check, models
+    from eqsurgeon.cli import analyze, calibrate, check, models, verify
 
     app.command("analyze")(analyze.analyze)
     app.command("check")(check.check_cmd)
+    app.command("calibrate")(calibrate.calibrate)
+    app.command("verify")(verify.verify)
     app.command("models")(models.models)
 
 

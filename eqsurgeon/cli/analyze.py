@@ -26,13 +26,12 @@ def analyze(
     device: c.DeviceOpt = "cpu",
     json_out: c.JsonOutOpt = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="bar chart of input variances (PNG)")] = None,
+    force: c.ForceOpt = False,
 ) -> None:
     """Find every upsample → concat → conv/linear site and measure its input scales."""
     from eqsurgeon.report import analysis_to_dict, write_json, write_plot
 
-    for out in (json_out, plot):
-        if out is not None and not out.parent.is_dir():
-            raise c.EqSurgeonError(f"folder {out.parent} for {out.name} does not exist; create it first")
+    c.check_outputs(json_out, plot, force=force)
     analysis, _ = c.measured_analysis(
         model, arg, checkpoint, data, input_size, batch_size, batches, seed, bn_mode, frontend, device
     )

@@ -10,7 +10,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
-from eqsurgeon.errors import EqSurgeonError
+from eqsurgeon.errors import EqSurgeonError, OutputExistsError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -61,7 +61,9 @@ DataOpt = Annotated[
 InputSizeOpt = Annotated[str, typer.Option("--input-size", help="input height x width, e.g. 512x512")]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1, help="images per forward")]
 BatchesOpt = Annotated[int, typer.Option("--batches", min=1, help="forwards to measure over")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="seed for synthetic input and sampling")]
+SeedOpt = Annotated[
+    int, typer.Option("--seed", help="seed for model initialization, synthetic input and image sampling")
+]
 BnModeOpt = Annotated[
     str,
     typer.Option(
@@ -72,7 +74,35 @@ BnModeOpt = Annotated[
 ]
 FrontendOpt = Annotated[str, typer.Option("--frontend", help="auto (fx, then torch.export), fx or export")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda when available), cpu or cuda")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="overwrite existing output files")]
 JsonOutOpt = Annotated[Path | None, typer.Option("--json", help="write the report as JSON to this file")]
+# Image-folder options of calibrate and verify.
+OptionalInputSizeOpt = Annotated[
+    str | None, typer.Option("--input-size", help="HxW, e.g. 512x512 (default: the model's, else 512x512)")
+]
+MaxImagesOpt = Annotated[int | None, typer.Option("--max-images", min=1, help="use at most this many images")]
+WorkersOpt = Annotated[int, typer.Option("--workers", min=0, help="image decoding worker processes")]
+MeanOpt = Annotated[
+    str | None,
+    typer.Option("--mean", help="per-channel mean in [0,1], e.g. 0.485,0.456,0.406 (default: model's)"),
+]
+StdOpt = Annotated[
+    str | None,
+    typer.Option("--std", help="per-channel std in [0,1], e.g. 0.229,0.224,0.225 (default: model's)"),
+]
+
+
+def parse_floats(text: str, option: str) -> tuple[float, ...]:
+    """``"0.5,0.5,0.5"`` → (0.5, 0.5, 0.5); a single value is repeated for the 3 channels."""
+    try:
+        values = tuple(float(v) for v in text.replace(" ", ",").split(",") if v)
+    except ValueError:
+        values = ()
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3:
+        raise EqSurgeonError(f"{option} {text!r} is not 3 numbers; write e.g. {option} 0.485,0.456,0.406")
+    return values
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -116,15 +146,22 @@ def measured_analysis(
 ) -> tuple[Any, dict[str, str]]:
     """Load, capture, find and measure as the shared options say; returns (Analysis, checkpoint metadata)."""
     from eqsurgeon.analysis import analyze, synthetic_batches
-    from eqsurgeon.loading import load_model, parse_kwargs, read_state_dict
+    from eqsurgeon.loading import fit_state_dict, load_model, parse_kwargs, read_state_dict
     from eqsurgeon.measure import BN_MODES
 
     if bn_mode not in BN_MODES:
         raise EqSurgeonError(f"--bn-mode {bn_mode!r} is unknown; use one of {', '.join(BN_MODES)}")
     size = parse_size(input_size)
     device = resolve_device(device)
-    model = load_model(model_spec, parse_kwargs(arg), checkpoint).to(device)
-    metadata = read_state_dict(checkpoint)[1] if checkpoint else {}
+    import torch
+
+    torch.manual_seed(seed)  # a freshly initialized model is part of what is measured: make it repeatable
+    model = load_model(model_spec, parse_kwargs(arg))
+    metadata: dict[str, str] = {}
+    if checkpoint is not None:
+        state, metadata = read_state_dict(checkpoint)  # read once: weights and equalization metadata
+        fit_state_dict(model, state, checkpoint)
+    model = model.to(device)
     if data is None:
         inputs = synthetic_batches(size, batch_size, batches, seed, device)
         source = "synthetic"
@@ -142,18 +179,16 @@ def measured_analysis(
             max_images=batch_size * batches,
             seed=seed,
         )
-        inputs = (b.to(device) for b in _images_only(loader))
+        inputs = (b.to(device) for b in loader)
         source = str(data)
-    if bn_mode == "batch" or bn_mode == "auto":
-        _require_batch_for_bn(model, batch_size, bn_mode)
-    return analyze(
+    _require_batch_for_bn(model, batch_size, bn_mode)
+    analysis = analyze(
         model, inputs, frontend=frontend, bn_mode=bn_mode, model_name=model_spec, source=source
-    ), metadata
-
-
-def _images_only(loader: Any) -> Any:
-    for batch in loader:
-        yield batch[0] if isinstance(batch, (tuple, list)) else batch
+    )
+    if data is not None and loader.skipped:
+        names = ", ".join(f"{s.path.name} ({s.reason})" for s in loader.skipped[:5])
+        err_console.print(f"skipped {len(loader.skipped)} unreadable file(s): {names}", highlight=False)
+    return analysis, metadata
 
 
 def _require_batch_for_bn(model: Any, batch_size: int, bn_mode: str) -> None:
@@ -163,3 +198,14 @@ def _require_batch_for_bn(model: Any, batch_size: int, bn_mode: str) -> None:
         raise EqSurgeonError(
             "BN on batch statistics needs at least 2 images per forward; use --batch-size 2 or --bn-mode eval"
         )
+
+
+def check_outputs(*paths: Path | None, force: bool = False) -> None:
+    """Refuse missing output folders and existing outputs (unless ``force``) before any work is done."""
+    for path in paths:
+        if path is None:
+            continue
+        if not path.parent.is_dir():
+            raise EqSurgeonError(f"folder {path.parent} for {path.name} does not exist; create it first")
+        if path.exists() and not force:
+            raise OutputExistsError(f"{path} already exists; choose another path or pass --force")

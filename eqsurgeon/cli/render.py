@@ -43,18 +43,14 @@ def print_sites(analysis: Analysis) -> None:
             table.add_column(col, justify="right" if col in ("mean", "var") else "left", overflow="fold")
         moments = analysis.moments.get(site.layer)
         for i, s in enumerate(site.subjects):
-            up = (
-                "-"
-                if s.upsample is None
-                else f"{s.upsample.mode} x{'x'.join(_g(f) for f in s.upsample.factor)}"
-            )
+            up = "-" if s.upsample is None else f"{s.upsample.mode} {_factor(s.upsample.factor)}"
             mean = _fmt(moments[i].mean) if moments else "-"
             var = _fmt(moments[i].var) if moments else "-"
             table.add_row(str(i), f"{s.channels[0]}:{s.channels[1]}", s.source, up, mean, var)
         console.print(table)
     for add in analysis.add_sites:
         ups = ", ".join(
-            f"{s.source}" + (f" ({s.upsample.mode} x{_g(s.upsample.factor[0])})" if s.upsample else "")
+            f"{s.source}" + (f" ({s.upsample.mode} {_factor(s.upsample.factor)})" if s.upsample else "")
             for s in add.inputs
         )
         console.print(f"add fusion (reported, not changed): {add.name} ← {ups}", highlight=False)
@@ -68,5 +64,10 @@ def _fmt(x: float | None) -> str:
     return f"{x:.4f}"
 
 
-def _g(x: float) -> str:
-    return f"{x:g}"
+def _factor(factor: tuple[float, ...]) -> str:
+    """``(2.0, 2.0)`` → ``x2``; ``(1.5, 2.0)`` → ``x1.5x2``."""
+    if not factor:
+        return ""
+    if len(set(factor)) == 1:
+        return f"x{factor[0]:g}"
+    return "x" + "x".join(f"{f:g}" for f in factor)

@@ -72,7 +72,7 @@ class ImageSource:
         'e3b0c44298fc1c14'
         """
         digest = hashlib.sha256()
-        for path in self.paths:
+        for path in sorted(self.paths):  # the folder's identity, not the seeded reading order
             rel = path.relative_to(self.root) if self.root else path
             digest.update(f"{rel.as_posix()}\0{path.stat().st_size}\n".encode())
         return digest.hexdigest()[:16]

@@ -1,0 +1,155 @@
+"""Library-level calibration: fold ≡ insert, topological order, convergence, bias decisions, reduce."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from _calib_models import (
+    fuse_1x1,
+    fuse_3x3,
+    fuse_constant,
+    fuse_gn,
+    fuse_two,
+    fuse_two_plain,
+    no_sites,
+    token_fuse,
+)
+
+from eqsurgeon.calibration import calibrate
+from eqsurgeon.equalize import EqualizedInput
+from eqsurgeon.errors import EqSurgeonError
+from eqsurgeon.measure import Moments, measure, measuring_mode
+from eqsurgeon.reduce import MeasureState, merge_moments
+from eqsurgeon.sites import find_sites
+
+
+def _batches(n: int = 12, size: int = 24, seed: int = 0) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(4, 3, size, size, generator=gen) * 0.8 + 0.3 for _ in range(n)]
+
+
+def _forward_batch_stats(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with measuring_mode(model, "batch"), torch.no_grad():
+        return model(x)
+
+
+@pytest.mark.parametrize("factory", [fuse_1x1, fuse_3x3, fuse_two, fuse_two_plain, fuse_gn, token_fuse])
+def test_fold_equals_insert(factory) -> None:
+    # 3x3: the fixture's fusing conv has no padding, so every output is away from the border.
+    batches = _batches()
+    folded, inserted = factory(), factory()
+    rf = calibrate(folded, batches, mode="fold")
+    ri = calibrate(inserted, batches, mode="insert")
+    flat = [[x for s in r.sites for x in s.scales] for r in (rf, ri)]
+    assert flat[0] == pytest.approx(flat[1], rel=1e-6)
+    assert any(isinstance(m, EqualizedInput) for m in inserted.modules())
+    x = _batches(1, seed=7)[0]
+    a, b = _forward_batch_stats(folded, x), _forward_batch_stats(inserted, x)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
+    assert not torch.allclose(a, _forward_batch_stats(factory(), x), rtol=1e-3)  # something changed
+
+
+def test_later_site_is_measured_after_earlier_fold() -> None:
+    model, original = fuse_two_plain(), fuse_two_plain()
+    batches = _batches()
+    result = calibrate(model, batches, tolerance=1e-9)  # all batches, no early stop
+    site2 = result.sites[1]
+    assert [s.site.layer for s in result.sites] == ["fuse", "fuse2"]
+    after = measure(model, [site2.site], batches, "batch").moments["fuse2"]
+    before = measure(original, [site2.site], batches, "batch").moments["fuse2"]
+    assert [m.var for m in site2.moments] == pytest.approx([m.var for m in after], rel=1e-9)
+    assert site2.moments[0].var != pytest.approx(before[0].var, rel=0.05)
+
+
+def test_model_state_other_than_fusing_weights_is_untouched() -> None:
+    model, original = fuse_two(), fuse_two()
+    calibrate(model, _batches())
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, original.state_dict()[k])}
+    assert changed == {"fuse.weight", "fuse2.weight"}  # BN follows both: no bias correction
+    assert model.training == original.training
+
+
+@pytest.mark.parametrize(
+    ("factory", "choice", "bn_mode", "expected"),
+    [
+        (fuse_1x1, "auto", "batch", False),  # BN on batch statistics removes the shift
+        (fuse_1x1, "auto", "eval", True),  # BN on running statistics does not
+        (fuse_gn, "auto", "batch", True),  # GroupNorm subtracts a mean over channels only
+        (fuse_two_plain, "auto", "batch", True),  # nothing follows
+        (fuse_1x1, "on", "batch", True),
+        (fuse_two_plain, "off", "batch", False),
+    ],
+)
+def test_bias_correction_decision(factory, choice: str, bn_mode: str, expected: bool) -> None:
+    result = calibrate(factory(), _batches(6), bias_correction=choice, bn_mode=bn_mode)
+    assert result.sites[0].bias_corrected is expected
+
+
+def test_convergence_stops_early_and_reports_standard_error() -> None:
+    model = fuse_1x1()
+    batches = _batches(60)
+    result = calibrate(model, batches, tolerance=0.02)
+    site = result.sites[0]
+    assert result.converged and site.std_rel_se < 0.02
+    assert 4 * 4 <= site.images < 60 * 4
+    full = measure(fuse_1x1(), [site.site], batches, "batch").moments["fuse"]
+    for used, ref in zip(site.moments, full):
+        assert abs(used.std / ref.std - 1) < 3 * 0.02
+    capped = calibrate(fuse_1x1(), batches, tolerance=1e-6, max_images=20)
+    assert capped.sites[0].images == 20 and not capped.converged
+
+
+def test_zero_variance_skips_the_site_and_never_divides() -> None:
+    model = fuse_constant()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(EqSurgeonError, match="zero variance"):
+        calibrate(model, _batches(6))
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_model_without_sites_is_an_error() -> None:
+    with pytest.raises(EqSurgeonError, match="no equalizable fusion site"):
+        calibrate(no_sites(), _batches(2))
+
+
+def test_one_shot_iterator_and_bad_choices() -> None:
+    result = calibrate(fuse_1x1(), iter(_batches(6)), tolerance=1e-9)
+    assert result.sites[0].images == 24  # the first batch, used for site finding, is measured too
+    with pytest.raises(ValueError, match="re-iterable"):
+        calibrate(fuse_two(), iter(_batches(6)))
+    with pytest.raises(EqSurgeonError, match="--mode"):
+        calibrate(fuse_1x1(), _batches(2), mode="fuse")
+    with pytest.raises(EqSurgeonError, match="--tolerance"):
+        calibrate(fuse_1x1(), _batches(2), tolerance=0)
+
+
+def test_reduce_pools_ranks_and_drives_the_stop() -> None:
+    seen: list[int] = []
+
+    def two_identical_ranks(state: MeasureState) -> MeasureState:
+        seen.append(state.images)
+        pooled = {k: tuple(merge_moments([m, m]) for m in v) for k, v in state.moments.items()}
+        return MeasureState(2 * state.images, pooled)
+
+    result = calibrate(fuse_1x1(), _batches(10), tolerance=1e-9, reduce=two_identical_ranks)
+    assert seen == [4 * i for i in range(1, 11)] and result.images == 80
+
+
+def test_merge_moments_is_exact() -> None:
+    x = torch.randn(1000, dtype=torch.float64) * 2 + 1
+    parts = [Moments(len(c), float(c.mean()), float(c.var(unbiased=False)), 1, 0.1) for c in x.split(300)]
+    pooled = merge_moments(parts)
+    assert pooled.count == 1000 and pooled.batches == 4
+    assert pooled.mean == pytest.approx(float(x.mean()), rel=1e-12)
+    assert pooled.var == pytest.approx(float(x.var(unbiased=False)), rel=1e-12)
+    assert math.isnan(merge_moments([]).mean)
+
+
+def test_sites_argument_skips_finding() -> None:
+    model = fuse_two()
+    sites = find_sites(model, _batches(1)[0])
+    result = calibrate(model, _batches(6), sites=sites[:1])
+    assert [s.site.layer for s in result.sites] == ["fuse"]
