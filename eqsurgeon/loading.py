@@ -163,7 +163,11 @@ def _resolve(spec: str) -> tuple[Any, str]:
         module = _import_file(Path(where)) if where.endswith(".py") else _import_module(where)
         factory = getattr(module, name, None)
         if not callable(factory):
-            public = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
+            public = [
+                n
+                for n, v in vars(module).items()
+                if callable(v) and not n.startswith("_") and getattr(v, "__module__", "") == module.__name__
+            ]
             raise ModelLoadError(
                 f"{where} has no factory {name!r}; callables there: {', '.join(sorted(public)[:8]) or 'none'}"
             )
