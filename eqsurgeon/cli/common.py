@@ -155,6 +155,9 @@ def measured_analysis(
     metadata: dict[str, str] = {}
     if checkpoint is not None:
         state, metadata = read_state_dict(checkpoint)  # read once: weights and equalization metadata
+        from eqsurgeon.checkpoint import rebuild_equalizers
+
+        rebuild_equalizers(model, metadata)  # an insert-mode checkpoint's keys need its wrappers
         fit_state_dict(model, state, checkpoint)
     model = model.to(device)
     if data is None:
