@@ -36,6 +36,10 @@ def train(
     resume: ResumeOpt = False,
     seed: Annotated[int | None, typer.Option("--seed", help="run seed (overrides run.seed)")] = None,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model")] = False,
+    compare: Annotated[
+        bool, typer.Option("--compare", help="run without EQ and with fold and insert; print the table")
+    ] = False,
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="seeds per EQ mode with --compare")] = 3,
 ) -> None:
     """Train RECIPE; works as is under `torchrun --nproc-per-node N` (DDP, rank 0 writes)."""
     from eqsurgeon.training.loop import train as run_training
@@ -43,6 +47,11 @@ def train(
     cfg = load_config(
         recipe, recipe_overrides(set_, data=data, init=init, out=out, seed=seed, compile_=compile_)
     )
+    if compare:  # --out is the comparison folder: one run folder per (mode, seed) inside
+        from eqsurgeon.cli.train_compare import run_compare
+
+        run_compare(cfg, seeds, resume)
+        return
     with _progress(cfg) as on_log:
         result = run_training(cfg, resume=resume, on_log=on_log)
     if result.metrics is not None:

@@ -1,0 +1,56 @@
+"""``eqsurgeon train RECIPE --compare --seeds N``: the A/B runs with progress, then the paper's table."""
+
+from __future__ import annotations
+
+import math
+import os
+
+from rich.table import Table
+
+from eqsurgeon.cli.common import console
+from eqsurgeon.training.compare import Comparison, Stat, compare
+from eqsurgeon.training.config import TrainConfig
+
+
+def run_compare(cfg: TrainConfig, seeds: int, resume: bool) -> Comparison:
+    """Run the comparison with a progress bar per run, print the table and where the files are."""
+    from eqsurgeon.cli.train import _progress
+    from eqsurgeon.training.loop import train as loop_train
+
+    def train_one(run_cfg: TrainConfig, run_resume: bool) -> object:
+        with _progress(run_cfg) as on_log:
+            return loop_train(run_cfg, resume=run_resume, on_log=on_log)
+
+    main = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 alone prints
+
+    def announce(mode: str, seed: int, run_cfg: TrainConfig) -> None:
+        if not main:
+            return
+        label = "w/o EQ" if mode == "none" else f"w/ EQ ({mode})"
+        console.print(f"[bold]{label}[/bold], seed {seed} → {run_cfg.run.out}")
+
+    result = compare(cfg, seeds, resume=resume, train_fn=train_one, on_run=announce)
+    if main:
+        console.print(compare_table(result))
+        console.print(f"wrote {result.json_path} and {result.png_path}")
+    return result
+
+
+def compare_table(result: Comparison) -> Table:
+    """The paper's layout: w/o EQ, w/ EQ, Diff (mIoU %, mean ± std over seeds), one row per mode."""
+    n = len(result.seeds)
+    table = Table(title=f"mIoU (%) at the end of training, mean ± std over {n} seed{'s' * (n > 1)}")
+    table.add_column("EQ mode")
+    table.add_column("w/o EQ", justify="right")
+    table.add_column("w/ EQ", justify="right")
+    table.add_column("Diff", justify="right")
+    for row in result.rows:
+        table.add_row(row.mode, _fmt(row.without), _fmt(row.with_eq), _fmt(row.diff, signed=True))
+    return table
+
+
+def _fmt(stat: Stat, signed: bool = False) -> str:
+    if math.isnan(stat.mean):
+        return "–"
+    mean = f"{100 * stat.mean:+.3f}" if signed else f"{100 * stat.mean:.3f}"
+    return mean if math.isnan(stat.std) else f"{mean} ± {100 * stat.std:.3f}"

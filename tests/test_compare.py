@@ -1,0 +1,75 @@
+"""``eqsurgeon train RECIPE --compare --seeds N``: runs, table, compare.json, PNG; and the table's math."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from eqsurgeon.cli import app
+from eqsurgeon.training.compare import RunOutcome, summarize
+from tests._train_helpers import DEMO_RECIPE, quick
+
+runner = CliRunner()
+
+
+def _sets(items: list[str]) -> list[str]:
+    return [a for item in items for a in ("--set", item)]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("compare") / "demo"
+    result = runner.invoke(app, ["demo-data", str(root), "--images", "6", "--size", "32"])
+    assert result.exit_code == 0, result.output
+    return root
+
+
+def test_compare_two_seeds_on_demo_data(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    sets = quick(data, out, "schedule.iters=4", "eval.interval=2", "eq.images=8", "eq.batch_size=4",
+                 model="upernet_tiny")[1:]  # fmt: skip
+    args = ["train", str(DEMO_RECIPE), "--compare", "--seeds", "2", "--out", str(out), *_sets(sets)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    for needle in ("w/o EQ", "w/ EQ", "Diff", "fold", "insert", "±", "compare.json"):
+        assert needle in result.output, needle
+
+    doc = json.loads((out / "compare.json").read_text())
+    assert doc["seeds"] == [0, 1]
+    assert sorted((r["mode"], r["seed"]) for r in doc["runs"]) == sorted(
+        (m, s) for m in ("none", "fold", "insert") for s in (0, 1)
+    )
+    for run in doc["runs"]:
+        assert [p[0] for p in run["curve"]] == [2, 4]  # every evaluation, from the run's metrics.jsonl
+        assert run["mIoU"] == run["curve"][-1][1]
+        assert (Path(run["run_dir"]) / "summary.json").is_file()
+    by = {(r["mode"], r["seed"]): r["mIoU"] for r in doc["runs"]}
+    fold = next(row for row in doc["table"] if row["mode"] == "fold")
+    diffs = [by[("fold", s)] - by[("none", s)] for s in (0, 1)]
+    assert fold["diff"]["mean"] == pytest.approx(sum(diffs) / 2)
+    assert fold["without_eq"]["mean"] == pytest.approx((by[("none", 0)] + by[("none", 1)]) / 2)
+    # equalization really ran in the EQ runs, and not in the baseline
+    assert (out / "fold_s0" / "eq.json").is_file() and not (out / "none_s0" / "eq.json").exists()
+    png = (out / "miou_curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+    again = runner.invoke(app, args)  # a finished comparison is not overwritten
+    assert again.exit_code == 2 and "--resume" in again.stderr
+    resumed = runner.invoke(app, [*args, "--resume"])  # reuses every finished run: no training
+    assert resumed.exit_code == 0 and "seed 0 →" not in resumed.output
+    assert json.loads((out / "compare.json").read_text())["runs"] == doc["runs"]
+
+
+def test_summarize_pairs_seeds_and_reports_sample_std() -> None:
+    runs = [RunOutcome("none", s, Path("."), m, m, ()) for s, m in ((0, 0.40), (1, 0.50), (2, 0.45))]
+    runs += [RunOutcome("insert", s, Path("."), m, m, ()) for s, m in ((0, 0.41), (1, 0.52), (2, 0.45))]
+    (row,) = summarize(runs, ["insert"])
+    assert row.diff.mean == pytest.approx(0.01)
+    assert row.diff.std == pytest.approx(0.01)  # diffs 0.01, 0.02, 0.00
+    assert row.without.std == pytest.approx(0.05)
+    (single,) = summarize(runs[:1] + runs[3:4], ["insert"])
+    assert math.isnan(single.diff.std) and single.diff.mean == pytest.approx(0.01)
