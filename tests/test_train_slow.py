@@ -76,8 +76,16 @@ def test_sigkill_then_resume_is_bit_identical(data: Path, tmp_path: Path) -> Non
 def _torchrun(sets: list[str]) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            str(TESTS / "_train_script.py"), str(DEMO_RECIPE), *sets]
-    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    # A new session, so a hung run's ranks are killed with it instead of outliving the test.
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, stderr[-3000:]
 
 
 # In-loop calibration on 8 crops (4 per rank), BN on running statistics so a crop's features do not
