@@ -16,7 +16,7 @@ import torch
 from torch import fx, nn
 
 from eqsurgeon.capture import Captured, capture
-from eqsurgeon.graph_ops import OpView, shape
+from eqsurgeon.graph_ops import Fusing, OpView, shape
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ def find(captured: Captured, model: nn.Module) -> Findings:
     order = {n: i for i, n in enumerate(graph.nodes)}
     sites = [site for _, site in sorted(found, key=lambda pair: order[pair[0]])]
     adds = tuple(a for n in graph.nodes if view.is_add(n) and (a := _add_site(view, n)))
-    return Findings(tuple(_dedupe(sites)), adds)
+    return Findings(tuple(sites), adds)
 
 
 def _sites_of_cat(view: OpView, cat: fx.Node, calls: Counter[str]) -> list[tuple[fx.Node, FusionSite]]:
@@ -146,7 +146,14 @@ def _sites_of_cat(view: OpView, cat: fx.Node, calls: Counter[str]) -> list[tuple
     return found
 
 
-def _make_site(view, consumer, fusing, subjects, channel_dim, calls) -> FusionSite:
+def _make_site(
+    view: OpView,
+    consumer: fx.Node,
+    fusing: Fusing,
+    subjects: tuple[Subject, ...],
+    channel_dim: int,
+    calls: Counter[str],
+) -> FusionSite:
     if fusing.module_name is None:
         return FusionSite(
             consumer.name,
@@ -200,7 +207,7 @@ def _consumers(view: OpView, node: fx.Node) -> list[fx.Node]:
     return found
 
 
-def _subjects(view: OpView, cat: fx.Node, dim: int, offset: int, outer) -> list[Subject]:
+def _subjects(view: OpView, cat: fx.Node, dim: int, offset: int, outer: Upsample | None) -> list[Subject]:
     parts, _ = view.cat_parts(cat)
     subjects: list[Subject] = []
     for part in parts:
@@ -251,13 +258,3 @@ def _add_site(view: OpView, node: fx.Node) -> AddSite | None:
     if not any(s.upsample for s in inputs):
         return None
     return AddSite(view.describe(node, with_node=True), tuple(inputs))
-
-
-def _dedupe(sites: list[FusionSite]) -> list[FusionSite]:
-    seen, out = set(), []
-    for s in sites:
-        key = (s.layer, s.subjects)
-        if key not in seen:
-            seen.add(key)
-            out.append(s)
-    return out
