@@ -10,7 +10,7 @@ Pure analysis over a captured graph; never mutates the model.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import fx, nn
@@ -155,40 +155,19 @@ def _make_site(
     calls: Counter[str],
 ) -> FusionSite:
     if fusing.module_name is None:
-        return FusionSite(
-            consumer.name,
-            fusing.op,
-            1,
-            subjects,
-            channel_dim,
-            "skipped",
-            f"functional {fusing.op} with no module of its own: there is no layer to hook or fold",
-        )
+        reason = f"functional {fusing.op} with no module of its own: there is no layer to hook or fold"
+        return FusionSite(consumer.name, fusing.op, 1, subjects, channel_dim, "skipped", reason)
     mod = view.modules[fusing.module_name]
-    groups = getattr(mod, "groups", 1)
+    site = FusionSite(fusing.module_name, fusing.op, getattr(mod, "groups", 1), subjects, channel_dim)
     n_calls = calls[view.weight_key(consumer) or ""]
-    if n_calls > 1:
-        return FusionSite(
-            fusing.module_name,
-            fusing.op,
-            groups,
-            subjects,
-            channel_dim,
-            "skipped",
-            f"module runs {n_calls} times per forward; folding would rescale every call",
-        )
     width = mod.in_features if isinstance(mod, nn.Linear) else mod.in_channels
-    if subjects[-1].channels[1] != width:
-        return FusionSite(
-            fusing.module_name,
-            fusing.op,
-            groups,
-            subjects,
-            channel_dim,
-            "skipped",
-            f"concat gives {subjects[-1].channels[1]} channels but the layer takes {width}",
-        )
-    return FusionSite(fusing.module_name, fusing.op, groups, subjects, channel_dim)
+    if n_calls > 1:
+        reason = f"module runs {n_calls} times per forward; folding would rescale every call"
+    elif subjects[-1].channels[1] != width:
+        reason = f"concat gives {subjects[-1].channels[1]} channels but the layer takes {width}"
+    else:
+        return site
+    return replace(site, status="skipped", reason=reason)
 
 
 def _consumers(view: OpView, node: fx.Node) -> list[fx.Node]:
