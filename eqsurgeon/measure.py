@@ -7,7 +7,7 @@ the model's parameters, buffers and train/eval flags are identical afterwards.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -157,7 +157,7 @@ class MomentHooks:
             a.pending.clear()
         return {layer: tuple(a.moments() for a in accs) for layer, accs in self._acc.items()}
 
-    def _hook(self, site: FusionSite):
+    def _hook(self, site: FusionSite) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], None]:
         accs = self._acc[site.layer]
 
         def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
