@@ -1,0 +1,31 @@
+"""benchmarks/gpu_check.sh --smoke: every bench runs and leaves its JSON; the summary quotes them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke_runs_every_bench(tmp_path: Path) -> None:
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh", "--smoke"], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    logs = tmp_path / "gpu_check"
+    for name in ("env", "bench_train", "bench_data", "bench_calibrate"):
+        assert (logs / f"{name}.rc").read_text().strip() == "0", (logs / f"{name}.log").read_text()[-2000:]
+    summary = json.loads((logs / "summary.json").read_text())
+    assert summary["train"]["bench"] == "train" and summary["data"]["bench"] == "data"
+    assert summary["data"]["target_img_s"] == summary["train"]["img_s"]["trainer"]  # fed from bench_train
+    for needle in ("trainer / minimal", "fold / none", "data best / step rate", "calibrate (issue 3)"):
+        assert needle in done.stdout, needle
