@@ -54,6 +54,7 @@ for _head in ("fcn", "pspnet", "deeplabv3", "deeplabv3plus"):
             EXPECTED[f"{_name}_{_ds}"] = (_name, RESNET, RESNET_SCHED, _data, "none", 0.0, 0)
 
 PAPER = sorted(EXPECTED)
+OFFLINE = ["model.kwargs.pretrained=false"]  # no network in tests: random backbone weights
 # 4-13 s each on one CPU thread: one recipe per family runs by default, the rest in the slow tier.
 FAST = ("upernet_swin_tiny_ade20k", "upernet_twins_svt_small_ade20k", "upernet_convnext_tiny_voc12aug",
         "pspnet_r50_d8_ade20k")  # fmt: skip
@@ -89,7 +90,7 @@ def test_resolved_recipe_matches_the_paper_table(name: str) -> None:
     model, opt, sched, data, amp, dpr, layers = EXPECTED[name]
     o, s, d, r = resolved["optim"], resolved["schedule"], resolved["data"], resolved["run"]
     assert resolved["model"]["name"] == model
-    assert resolved["model"]["kwargs"] == {"num_classes": data[1]}
+    assert resolved["model"]["kwargs"] == {"num_classes": data[1], "pretrained": True}  # ImageNet-1K
     assert resolved["model"]["drop_path_rate"] == dpr
     assert (o["name"], o["lr"], o["weight_decay"], o["no_decay_norm_bias"]) == opt[:4]
     assert sorted(o["no_decay_names"]) == sorted(opt[4])
@@ -112,7 +113,7 @@ def test_resolved_recipe_matches_the_paper_table(name: str) -> None:
 
 
 def test_stage_wise_decay_on_the_convnext_recipe() -> None:
-    cfg = load_config(RECIPES / "upernet_convnext_tiny_ade20k.toml")
+    cfg = load_config(RECIPES / "upernet_convnext_tiny_ade20k.toml", OFFLINE)
     with torch.device("meta"):
         model = build_model(cfg.model)
     groups = build_optimizer(model, cfg.optim).param_groups
@@ -131,7 +132,7 @@ def test_stage_wise_decay_on_the_convnext_recipe() -> None:
 
 
 def test_swin_recipe_decays_biases_but_not_norms_or_position_tables() -> None:
-    cfg = load_config(RECIPES / "upernet_swin_tiny_ade20k.toml")
+    cfg = load_config(RECIPES / "upernet_swin_tiny_ade20k.toml", OFFLINE)
     with torch.device("meta"):
         model = build_model(cfg.model)
     groups = build_optimizer(model, cfg.optim).param_groups
@@ -145,7 +146,7 @@ def test_swin_recipe_decays_biases_but_not_norms_or_position_tables() -> None:
 
 
 def test_resnet_recipe_decays_every_parameter() -> None:
-    cfg = load_config(RECIPES / "pspnet_r50_d8_ade20k.toml")
+    cfg = load_config(RECIPES / "pspnet_r50_d8_ade20k.toml", OFFLINE)
     with torch.device("meta"):
         model = build_model(cfg.model)
     groups = build_optimizer(model, cfg.optim).param_groups
@@ -159,7 +160,13 @@ def test_recipe_builds_and_trains_two_iterations(name: str) -> None:
     torch.manual_seed(0)
     cfg = load_config(
         RECIPES / f"{name}.toml",
-        ['data.format="synthetic"', "data.crop_size=[64, 64]", "data.batch_size=2", "schedule.iters=2"],
+        [
+            *OFFLINE,
+            'data.format="synthetic"',
+            "data.crop_size=[64, 64]",
+            "data.batch_size=2",
+            "schedule.iters=2",
+        ],
     )
     model = build_model(cfg.model)
     assert drop_path_rate(model) == pytest.approx(cfg.model.drop_path_rate)
