@@ -221,15 +221,21 @@ def plot_curves(outcomes: Sequence[RunOutcome], path: Path) -> None:
     colours = {"none": "tab:gray", "fold": "tab:blue", "insert": "tab:orange"}
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
     labelled: set[str] = set()
+    seeds = sorted({o.seed for o in outcomes})
+    styles = ("-", "--", ":", "-.")  # one line style per seed, so runs of one seed pair up
     for o in outcomes:
         if not o.curve:
             continue
         iters, mious = zip(*o.curve, strict=True)
         label = None if o.mode in labelled else ("w/o EQ" if o.mode == BASELINE else f"w/ EQ ({o.mode})")
         labelled.add(o.mode)
-        ax.plot(iters, [100 * m for m in mious], color=colours.get(o.mode), marker="o", ms=3, label=label)
+        style = styles[seeds.index(o.seed) % len(styles)]
+        ax.plot(
+            iters, [100 * m for m in mious], style, color=colours.get(o.mode), marker="o", ms=3, label=label
+        )
     ax.set_xlabel("iteration")
     ax.set_ylabel("mIoU (%)")
+    ax.set_title(f"line style = seed ({', '.join(map(str, seeds))})", fontsize=9)
     ax.grid(alpha=0.3)
     if labelled:
         ax.legend()
