@@ -73,3 +73,24 @@ def test_summarize_pairs_seeds_and_reports_sample_std() -> None:
     assert row.without.std == pytest.approx(0.05)
     (single,) = summarize(runs[:1] + runs[3:4], ["insert"])
     assert math.isnan(single.diff.std) and single.diff.mean == pytest.approx(0.01)
+
+
+@pytest.mark.slow
+def test_compare_under_torchrun_two_ranks(data: Path, tmp_path: Path) -> None:
+    """All runs share one process group: the trainer keeps a caller's group instead of re-creating one."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    sets = quick(data, out, "schedule.iters=2", "eval.interval=2", "eq.images=8", "eq.batch_size=4",
+                 model="upernet_tiny")[1:]  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "eqsurgeon", "train", str(DEMO_RECIPE), "--compare", "--seeds", "1", "--out", str(out),
+           *_sets(sets)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, start_new_session=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    doc = json.loads((out / "compare.json").read_text())
+    assert sorted(r["mode"] for r in doc["runs"]) == ["fold", "insert", "none"]
+    assert (out / "miou_curves.png").is_file()

@@ -15,7 +15,8 @@ import json
 import math
 import os
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,25 @@ def compare(
             return loop_train(c, resume=r)
 
     seed_list = tuple(cfg.run.seed + i for i in range(seeds))
+    with _process_group(cfg):
+        outcomes = _run_all(cfg, out, seed_list, modes, resume, train_fn, on_run)
+    rows = tuple(summarize(outcomes, modes))
+    result = Comparison(out, seed_list, tuple(outcomes), rows, json_path, png_path)
+    if _is_main():
+        write_json(json_path, to_json(result, cfg))
+        plot_curves(result.runs, png_path)
+    return result
+
+
+def _run_all(
+    cfg: TrainConfig,
+    out: Path,
+    seed_list: tuple[int, ...],
+    modes: Sequence[str],
+    resume: bool,
+    train_fn: TrainFn,
+    on_run: Callable[[str, int, TrainConfig], None] | None,
+) -> list[RunOutcome]:
     outcomes = []
     for seed in seed_list:
         for mode in (BASELINE, *modes):
@@ -128,13 +148,9 @@ def compare(
                 if on_run is not None:
                     on_run(mode, seed, run_cfg)
                 train_fn(run_cfg, resume and (run_dir / "config.toml").is_file())
+            _barrier()  # rank 0 has written the run's summary before any rank reads it
             outcomes.append(read_outcome(run_dir, mode, seed))
-    rows = tuple(summarize(outcomes, modes))
-    result = Comparison(out, seed_list, tuple(outcomes), rows, json_path, png_path)
-    if _is_main():
-        write_json(json_path, to_json(result, cfg))
-        plot_curves(result.runs, png_path)
-    return result
+    return outcomes
 
 
 def read_outcome(run_dir: Path, mode: str, seed: int) -> RunOutcome:
@@ -259,6 +275,33 @@ def _stat(values: list[float]) -> Stat:
 
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
+
+
+@contextmanager
+def _process_group(cfg: TrainConfig) -> Iterator[None]:
+    # Under torchrun, one process group for all runs: the trainer leaves a caller's group in place, and
+    # creating a second group after destroying the first can hang on torchrun's store.
+    import torch
+    import torch.distributed as dist
+
+    if "RANK" not in os.environ or dist.is_initialized():
+        yield
+        return
+    use_cuda = torch.cuda.is_available() if cfg.run.device == "auto" else cfg.run.device == "cuda"
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group("nccl" if use_cuda else "gloo")  # the trainer's setup() sees it and keeps it
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 def _is_main() -> bool:

@@ -31,6 +31,9 @@ class DistInfo:
         return self.rank == 0
 
 
+_OWNED: set[str] = set()  # the process group setup() created (a second init after destroy can hang)
+
+
 def setup(device: str = "auto") -> DistInfo:
     """Initialise the process group when launched by torchrun (``RANK`` set) and pick the device.
 
@@ -48,13 +51,15 @@ def setup(device: str = "auto") -> DistInfo:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
+        _OWNED.add("default")  # ours to destroy; a caller's group (e.g. train --compare's) is left alone
     return DistInfo(rank, world, local_rank, torch.device(f"cuda:{local_rank}" if use_cuda else "cpu"))
 
 
 def cleanup() -> None:
     """Destroy the process group if one was made."""
-    if dist.is_initialized():
+    if dist.is_initialized() and "default" in _OWNED:
         dist.destroy_process_group()
+        _OWNED.discard("default")
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
