@@ -121,6 +121,9 @@ def _train(cfg: TrainConfig, resume: bool, on_log: LogFn, info: distributed.Dist
         model, eq_record = equalize_in_loop(model, cfg, train_set, info)
     torch.manual_seed(cfg.run.seed + 1000 * info.rank)
 
+    if device.type == "cuda":  # MMSeg's default: autotuned convolutions unless asked to be deterministic
+        torch.backends.cudnn.benchmark = not cfg.run.deterministic
+        torch.backends.cudnn.deterministic = cfg.run.deterministic
     model.to(device)
     if cfg.run.channels_last:
         model.to(memory_format=torch.channels_last)
