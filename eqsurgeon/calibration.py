@@ -215,19 +215,34 @@ def _measure_site(
         for batch in batches:
             if resolved == "batch" and batch.shape[0] < 2:
                 continue  # BN cannot take batch statistics of one image (a short last batch)
-            with _autocast(batch, autocast_dtype):
-                model(batch)
             images += batch.shape[0]
-            state = MeasureState(images, hooks.moments())
-            if reduce is not None:
-                state = reduce(state)
-            moments = state.moments[site.layer]
-            se = max(m.std_rel_se for m in moments)
+            state, se = measure_step(model, batch, hooks, site.layer, images, autocast_dtype, reduce)
             report(state.images, se)
-            enough = all(m.batches >= min_batches for m in moments) and se < tolerance
+            enough = all(m.batches >= min_batches for m in state.moments[site.layer]) and se < tolerance
             if enough or (max_images is not None and state.images >= max_images):
                 break
     return state.moments.get(site.layer, ()), state.images, resolved
+
+
+def measure_step(
+    model: nn.Module,
+    batch: torch.Tensor,
+    hooks: MomentHooks,
+    layer: str,
+    images: int,
+    autocast_dtype: torch.dtype | None = None,
+    reduce: Callable[[MeasureState], MeasureState] | None = None,
+) -> tuple[MeasureState, float]:
+    """One measuring forward: run the batch under ``hooks``, pool, and return the worst σ rel. SE.
+
+    This is the unit the benchmark times against a plain forward.
+    """
+    with _autocast(batch, autocast_dtype):
+        model(batch)
+    state = MeasureState(images, hooks.moments())
+    if reduce is not None:
+        state = reduce(state)
+    return state, max(m.std_rel_se for m in state.moments[layer])
 
 
 def _equalize_site(

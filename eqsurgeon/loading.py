@@ -40,6 +40,16 @@ def load_model(
     >>> load_model("torchvision:fcn_resnet50", {"num_classes": 3}).__class__.__name__
     'FCN'
     """
+    return load_model_with_metadata(spec, kwargs, checkpoint)[0]
+
+
+def load_model_with_metadata(
+    spec: str, kwargs: Mapping[str, Any] | None = None, checkpoint: Path | None = None
+) -> tuple[nn.Module, dict[str, str]]:
+    """``load_model``, also returning the checkpoint's safetensors metadata (empty without one).
+
+    The checkpoint is read once; an insert-mode checkpoint gets its equalizer wrappers rebuilt first.
+    """
     kwargs = dict(kwargs or {})
     factory, label = _resolve(spec)
     try:
@@ -50,13 +60,14 @@ def load_model(
         ) from exc
     if not isinstance(model, nn.Module):
         raise ModelLoadError(f"factory {label} returned {type(model).__name__}, not a torch.nn.Module")
+    metadata: dict[str, str] = {}
     if checkpoint is not None:
         state, metadata = read_state_dict(checkpoint)
         from eqsurgeon.checkpoint import rebuild_equalizers
 
         rebuild_equalizers(model, metadata)  # an insert-mode checkpoint's keys need its wrappers
         fit_state_dict(model, state, checkpoint)
-    return model
+    return model, metadata
 
 
 def parse_kwargs(pairs: Sequence[str] | None) -> dict[str, Any]:
@@ -152,7 +163,11 @@ def _resolve(spec: str) -> tuple[Any, str]:
         module = _import_file(Path(where)) if where.endswith(".py") else _import_module(where)
         factory = getattr(module, name, None)
         if not callable(factory):
-            public = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
+            public = [
+                n
+                for n, v in vars(module).items()
+                if callable(v) and not n.startswith("_") and getattr(v, "__module__", "") == module.__name__
+            ]
             raise ModelLoadError(
                 f"{where} has no factory {name!r}; callables there: {', '.join(sorted(public)[:8]) or 'none'}"
             )

@@ -7,7 +7,7 @@ the model's parameters, buffers and train/eval flags are identical afterwards.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -147,9 +147,17 @@ class MomentHooks:
         self._handles.clear()
 
     def moments(self) -> dict[str, tuple[Moments, ...]]:
+        # One host sync for all pending batch sums (hooks only queue device work; see _Accumulator).
+        accs = [a for group in self._acc.values() for a in group]
+        pending = [t for a in accs for _, s1, s2 in a.pending for t in (s1, s2)]
+        values = iter(torch.stack([t.to(pending[0].device) for t in pending]).tolist() if pending else ())
+        for a in accs:
+            for n, _, _ in a.pending:
+                a.absorb(n, next(values), next(values))
+            a.pending.clear()
         return {layer: tuple(a.moments() for a in accs) for layer, accs in self._acc.items()}
 
-    def _hook(self, site: FusionSite):
+    def _hook(self, site: FusionSite) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], None]:
         accs = self._acc[site.layer]
 
         def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
@@ -171,14 +179,18 @@ class _Accumulator:
         self.batches = 0
         self._std_mean = 0.0  # Welford over per-batch stds, for the standard error
         self._std_m2 = 0.0
+        self.pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []
 
     def add(self, x: torch.Tensor) -> None:
         n = x.numel()
         if n == 0:
             return
         x = x.float()
-        s1 = float(x.sum(dtype=torch.float64))
-        s2 = float(x.square().sum(dtype=torch.float64))
+        # Kept on the device: converting to Python floats here would stall the GPU mid-forward twice
+        # per subject. ``MomentHooks.moments()`` absorbs them all after one sync.
+        self.pending.append((n, x.sum(dtype=torch.float64), x.square().sum(dtype=torch.float64)))
+
+    def absorb(self, n: int, s1: float, s2: float) -> None:
         mean_b = s1 / n
         m2_b = max(s2 - s1 * mean_b, 0.0)
         delta = mean_b - self.mean

@@ -117,7 +117,7 @@ def write_plot(analysis: Analysis, path: Path) -> None:
     for ax, site in zip(axes[0], sites):
         moments = analysis.moments[site.layer]
         labels = [
-            f"{i}\n{'x' + format(s.upsample.factor[0], 'g') if s.upsample and s.upsample.factor else 'x1'}"
+            f"{i}\n{'x' + format(s.upsample.factor[0], '.3g') if s.upsample and s.upsample.factor else 'x1'}"
             for i, s in enumerate(site.subjects)
         ]
         ax.bar(labels, [m.var for m in moments], color="#4c72b0")

@@ -10,13 +10,13 @@ Pure analysis over a captured graph; never mutates the model.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import fx, nn
 
 from eqsurgeon.capture import Captured, capture
-from eqsurgeon.graph_ops import OpView, shape
+from eqsurgeon.graph_ops import Fusing, OpView, shape
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ def find(captured: Captured, model: nn.Module) -> Findings:
     order = {n: i for i, n in enumerate(graph.nodes)}
     sites = [site for _, site in sorted(found, key=lambda pair: order[pair[0]])]
     adds = tuple(a for n in graph.nodes if view.is_add(n) and (a := _add_site(view, n)))
-    return Findings(tuple(_dedupe(sites)), adds)
+    return Findings(tuple(sites), adds)
 
 
 def _sites_of_cat(view: OpView, cat: fx.Node, calls: Counter[str]) -> list[tuple[fx.Node, FusionSite]]:
@@ -146,42 +146,28 @@ def _sites_of_cat(view: OpView, cat: fx.Node, calls: Counter[str]) -> list[tuple
     return found
 
 
-def _make_site(view, consumer, fusing, subjects, channel_dim, calls) -> FusionSite:
+def _make_site(
+    view: OpView,
+    consumer: fx.Node,
+    fusing: Fusing,
+    subjects: tuple[Subject, ...],
+    channel_dim: int,
+    calls: Counter[str],
+) -> FusionSite:
     if fusing.module_name is None:
-        return FusionSite(
-            consumer.name,
-            fusing.op,
-            1,
-            subjects,
-            channel_dim,
-            "skipped",
-            f"functional {fusing.op} with no module of its own: there is no layer to hook or fold",
-        )
+        reason = f"functional {fusing.op} with no module of its own: there is no layer to hook or fold"
+        return FusionSite(consumer.name, fusing.op, 1, subjects, channel_dim, "skipped", reason)
     mod = view.modules[fusing.module_name]
-    groups = getattr(mod, "groups", 1)
+    site = FusionSite(fusing.module_name, fusing.op, getattr(mod, "groups", 1), subjects, channel_dim)
     n_calls = calls[view.weight_key(consumer) or ""]
-    if n_calls > 1:
-        return FusionSite(
-            fusing.module_name,
-            fusing.op,
-            groups,
-            subjects,
-            channel_dim,
-            "skipped",
-            f"module runs {n_calls} times per forward; folding would rescale every call",
-        )
     width = mod.in_features if isinstance(mod, nn.Linear) else mod.in_channels
-    if subjects[-1].channels[1] != width:
-        return FusionSite(
-            fusing.module_name,
-            fusing.op,
-            groups,
-            subjects,
-            channel_dim,
-            "skipped",
-            f"concat gives {subjects[-1].channels[1]} channels but the layer takes {width}",
-        )
-    return FusionSite(fusing.module_name, fusing.op, groups, subjects, channel_dim)
+    if n_calls > 1:
+        reason = f"module runs {n_calls} times per forward; folding would rescale every call"
+    elif subjects[-1].channels[1] != width:
+        reason = f"concat gives {subjects[-1].channels[1]} channels but the layer takes {width}"
+    else:
+        return site
+    return replace(site, status="skipped", reason=reason)
 
 
 def _consumers(view: OpView, node: fx.Node) -> list[fx.Node]:
@@ -200,7 +186,7 @@ def _consumers(view: OpView, node: fx.Node) -> list[fx.Node]:
     return found
 
 
-def _subjects(view: OpView, cat: fx.Node, dim: int, offset: int, outer) -> list[Subject]:
+def _subjects(view: OpView, cat: fx.Node, dim: int, offset: int, outer: Upsample | None) -> list[Subject]:
     parts, _ = view.cat_parts(cat)
     subjects: list[Subject] = []
     for part in parts:
@@ -251,13 +237,3 @@ def _add_site(view: OpView, node: fx.Node) -> AddSite | None:
     if not any(s.upsample for s in inputs):
         return None
     return AddSite(view.describe(node, with_node=True), tuple(inputs))
-
-
-def _dedupe(sites: list[FusionSite]) -> list[FusionSite]:
-    seen, out = set(), []
-    for s in sites:
-        key = (s.layer, s.subjects)
-        if key not in seen:
-            seen.add(key)
-            out.append(s)
-    return out

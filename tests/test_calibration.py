@@ -7,7 +7,14 @@ import math
 
 import pytest
 import torch
-from _calib_models import (
+
+from eqsurgeon.calibration import calibrate
+from eqsurgeon.equalize import EqualizedInput
+from eqsurgeon.errors import EqSurgeonError
+from eqsurgeon.measure import Moments, measure, measuring_mode
+from eqsurgeon.reduce import MeasureState, merge_moments
+from eqsurgeon.sites import find_sites
+from fixtures.calibration import (
     fuse_1x1,
     fuse_3x3,
     fuse_constant,
@@ -17,13 +24,6 @@ from _calib_models import (
     no_sites,
     token_fuse,
 )
-
-from eqsurgeon.calibration import calibrate
-from eqsurgeon.equalize import EqualizedInput
-from eqsurgeon.errors import EqSurgeonError
-from eqsurgeon.measure import Moments, measure, measuring_mode
-from eqsurgeon.reduce import MeasureState, merge_moments
-from eqsurgeon.sites import find_sites
 
 
 def _batches(n: int = 12, size: int = 24, seed: int = 0) -> list[torch.Tensor]:
@@ -153,3 +153,41 @@ def test_sites_argument_skips_finding() -> None:
     sites = find_sites(model, _batches(1)[0])
     result = calibrate(model, _batches(6), sites=sites[:1])
     assert [s.site.layer for s in result.sites] == ["fuse"]
+
+
+def _ok_fixtures() -> list[str]:
+    from fixtures.models import FIXTURES
+
+    x = _batches(1, size=32)[0]
+    names = []
+    for name, factory in sorted(FIXTURES.items()):
+        try:
+            if any(s.ok for s in find_sites(factory(), x)):
+                names.append(name)
+        except Exception:  # fixtures that cannot be captured are analyze's business
+            continue
+    return names
+
+
+@pytest.mark.parametrize("name", _ok_fixtures())
+def test_fold_equals_insert_on_pattern_fixtures(name: str) -> None:
+    from fixtures.models import FIXTURES
+
+    batches = _batches(6, size=32)
+    folded = FIXTURES[name]()
+    inserted = copy.deepcopy(folded)  # factories draw fresh random weights
+    result = calibrate(folded, batches, mode="fold")
+    calibrate(inserted, batches, mode="insert")
+    x = _batches(1, size=32, seed=9)[0]
+    a, b = _forward_batch_stats(folded, x), _forward_batch_stats(inserted, x)
+    # a zero-padded k×k fusing conv (k > 1) is compared away from its border, where folding is inexact
+    pad = max(max(getattr(folded.get_submodule(s.site.layer), "padding", (0,))) for s in result.sites)
+    if pad:
+        a, b = a[..., pad:-pad, pad:-pad], b[..., pad:-pad, pad:-pad]
+    if any(s.note and "no bias" in s.note for s in result.sites):
+        # no bias to fold the means into (depthwise fixture): fold keeps a per-channel constant that
+        # insert mode subtracts, and nothing after it removes, so the outputs differ by exactly that
+        diff = a - b
+        a, b = diff - diff.mean((-2, -1), keepdim=True), torch.zeros_like(diff)
+        assert diff.abs().max() > 1e-3  # the constant is really there
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max().clamp(min=1)))

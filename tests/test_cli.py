@@ -1,6 +1,7 @@
 """The analyze and check commands: outputs, exit codes, and one-line errors for bad input."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,7 +9,8 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from eqsurgeon.cli import app
-from tests.conftest import FIXTURE_FILE
+
+FIXTURE_FILE = Path(__file__).resolve().parents[1] / "fixtures" / "models.py"
 
 runner = CliRunner()
 FX = str(FIXTURE_FILE)

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from _calib_models import fuse_two, fuse_two_plain, make_images
 from typer.testing import CliRunner
 
 from eqsurgeon import checkpoint as ckpt
 from eqsurgeon.checkpoint import load, read_checkpoint, save_checkpoint
 from eqsurgeon.cli import app
+from fixtures.calibration import fuse_two, fuse_two_plain, make_images
 
-MODELS = Path(__file__).with_name("_calib_models.py")
+MODELS = Path(__file__).resolve().parents[1] / "fixtures" / "calibration.py"
 runner = CliRunner()
 
 

@@ -146,7 +146,7 @@ def measured_analysis(
 ) -> tuple[Any, dict[str, str]]:
     """Load, capture, find and measure as the shared options say; returns (Analysis, checkpoint metadata)."""
     from eqsurgeon.analysis import analyze, synthetic_batches
-    from eqsurgeon.loading import fit_state_dict, load_model, parse_kwargs, read_state_dict
+    from eqsurgeon.loading import load_model_with_metadata, parse_kwargs
     from eqsurgeon.measure import BN_MODES
 
     if bn_mode not in BN_MODES:
@@ -156,11 +156,7 @@ def measured_analysis(
     import torch
 
     torch.manual_seed(seed)  # a freshly initialized model is part of what is measured: make it repeatable
-    model = load_model(model_spec, parse_kwargs(arg))
-    metadata: dict[str, str] = {}
-    if checkpoint is not None:
-        state, metadata = read_state_dict(checkpoint)  # read once: weights and equalization metadata
-        fit_state_dict(model, state, checkpoint)
+    model, metadata = load_model_with_metadata(model_spec, parse_kwargs(arg), checkpoint)
     model = model.to(device)
     if data is None:
         inputs = synthetic_batches(size, batch_size, batches, seed, device)

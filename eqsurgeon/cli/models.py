@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from eqsurgeon.cli.common import console, handle_errors
+from eqsurgeon.cli.common import console, err_console, handle_errors
 from eqsurgeon.errors import ModelLoadError
 from eqsurgeon.models import list_models
 from eqsurgeon.models.summary import FLOPS_SIZE, ModelSummary, summarize
@@ -38,7 +38,12 @@ def models(
         names = [n for n in names if fnmatch.fnmatchcase(n, pattern) or pattern == n]
         if not names:
             raise ModelLoadError(f"no zoo model matches {pattern!r}; run `eqsurgeon models` to list them all")
-    rows = [summarize(n, flops=flops, sites=sites) for n in names]
+    rows = []
+    # Capturing each graph takes seconds (Swin's about ten), so say what is happening on stderr.
+    with err_console.status("") as status:
+        for name in names:
+            status.update(f"describing {name} ({len(rows) + 1}/{len(names)})")
+            rows.append(summarize(name, flops=flops, sites=sites))
     if as_json:
         typer.echo(json.dumps(_to_json(rows), indent=2))
     else:

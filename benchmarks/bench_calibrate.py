@@ -1,0 +1,188 @@
+"""Benchmark calibrate: measuring-forward overhead, end-to-end images/s, images needed to converge.
+
+1. Throughput of calibrate's measuring forward (the pass calibrate runs per site: moment hooks, the
+   convergence check after every batch) against a plain ``torch.no_grad()`` forward, on the same
+   in-memory batches, alternated and repeated, median taken. Target ratio >= 0.97.
+2. End-to-end images/s of ``calibrate`` reading a generated image folder with ``--workers``.
+3. Images convergence needed, and how far its σ is from the σ of the full folder (target: within the
+   tolerance).
+
+    python benchmarks/bench_calibrate.py                       # CPU, upernet_tiny at 128x128
+    python benchmarks/bench_calibrate.py --device cuda --size 512 --model upernet_convnext_tiny
+
+Prints a table, and as its last line one JSON object with the headline figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from eqsurgeon.calibration import calibrate, measure_step
+from eqsurgeon.data.images import image_loader, model_normalization
+from eqsurgeon.loading import load_model
+from eqsurgeon.measure import MomentHooks, measuring_mode
+from eqsurgeon.sites import find_sites
+from fixtures.calibration import make_images
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="upernet_tiny")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batches", type=int, default=6, help="in-memory batches per throughput run")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--images", type=int, default=128, help="images in the generated folder")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--tolerance", type=float, default=0.005)
+    p.add_argument("--amp", action="store_true", help="bf16 autocast in both forwards")
+    args = p.parse_args()
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    model = load_model(args.model).to(device)
+    mean, std = model_normalization(model) or (None, None)
+    amp = torch.bfloat16 if args.amp else None
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = make_images(Path(tmp) / "images", args.images, size=args.size + args.size // 4)
+        loader, _ = image_loader(folder, (args.size, args.size), args.batch_size, mean, std, workers=0)
+        batches = [b.to(device) for b, _ in zip(loader, range(args.batches), strict=False)]
+        sites = [s for s in find_sites(model, batches[0]) if s.ok]
+        plain, measuring = throughput(model, sites, batches, args.repeats, amp)
+        e2e = end_to_end(model, folder, args, mean, std, amp)
+        conv = convergence(model, folder, args, mean, std, amp)
+
+    ratio = measuring / plain
+    rows = [
+        ("model / device / size", f"{args.model} / {device.type} / {args.size}x{args.size}"),
+        ("sites", ", ".join(s.layer for s in sites)),
+        ("plain no_grad forward (same BN mode)", f"{plain:.1f} img/s"),
+        ("measuring forward", f"{measuring:.1f} img/s"),
+        ("ratio (target >= 0.97)", f"{ratio:.3f}"),
+        (
+            f"end to end, --workers {args.workers}",
+            f"{e2e['images_per_s']:.1f} img/s ({e2e['images']} images)",
+        ),
+        ("images to converge (per site)", ", ".join(str(n) for n in conv["images"])),
+        (f"max |σ/σ_full - 1| (tolerance {args.tolerance})", f"{conv['max_rel_diff']:.4f}"),
+        ("σ rel. SE reached", f"{conv['se']:.4f}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    print(
+        json.dumps(
+            {
+                "bench": "calibrate",
+                "model": args.model,
+                "device": device.type if device.type == "cpu" else torch.cuda.get_device_name(device),
+                "size": args.size,
+                "batch_size": args.batch_size,
+                "amp": args.amp,
+                "plain_images_per_s": round(plain, 2),
+                "measuring_images_per_s": round(measuring, 2),
+                "ratio_vs_forward": round(ratio, 4),
+                "end_to_end_images_per_s": round(e2e["images_per_s"], 2),
+                "workers": args.workers,
+                "images_to_converge": conv["images"],
+                "folder_images": args.images,
+                "max_rel_sigma_diff_vs_full": round(conv["max_rel_diff"], 5),
+                "tolerance": args.tolerance,
+                "within_tolerance": conv["max_rel_diff"] <= args.tolerance,
+            }
+        )
+    )
+
+
+def throughput(model, sites, batches, repeats: int, amp) -> tuple[float, float]:
+    """Images/s of a plain forward and of calibrate's measuring forward (``measure_step``: moment hooks
+    on one site, moments pooled and the σ standard error checked after the batch).
+
+    The two alternate batch by batch, so machine load hits both alike; both run in the same BN mode.
+    """
+    plain = measuring = 0.0
+    images = 0
+    with measuring_mode(model, "auto"), torch.no_grad():
+        hooks = [MomentHooks(model, [site]) for site in sites]
+        for i in range(repeats + 1):
+            for b in batches:
+                for site, hook in zip(sites, hooks, strict=True):
+                    t_plain = _timed(lambda b=b: _plain(model, b, amp), b)
+                    with hook:
+                        t_meas = _timed(
+                            lambda b=b, h=hook, s=site: measure_step(model, b, h, s.layer, 0, amp), b
+                        )
+                    if i > 0:  # the first round warms up allocators and cudnn autotuning
+                        plain += t_plain
+                        measuring += t_meas
+                        images += b.shape[0]
+    return images / plain, images / measuring
+
+
+def _plain(model, b, amp) -> None:
+    with _autocast(b, amp):
+        model(b)
+
+
+def end_to_end(model, folder: Path, args, mean, std, amp) -> dict:
+    loader, _ = image_loader(folder, (args.size, args.size), args.batch_size, mean, std, workers=args.workers,
+                             pin_memory=args.device.startswith("cuda"))  # fmt: skip
+    start = time.perf_counter()
+    result = calibrate(copy.deepcopy(model), loader, tolerance=args.tolerance, device=args.device,
+                       autocast_dtype=amp)  # fmt: skip
+    _sync(args.device)
+    elapsed = time.perf_counter() - start
+    images = sum(s.images for s in result.sites)
+    return {"images": images, "images_per_s": images / elapsed}
+
+
+def convergence(model, folder: Path, args, mean, std, amp) -> dict:
+    loader, _ = image_loader(folder, (args.size, args.size), args.batch_size, mean, std, workers=args.workers,
+                             pin_memory=args.device.startswith("cuda"))  # fmt: skip
+    kw = {"device": args.device, "autocast_dtype": amp}
+    early = calibrate(copy.deepcopy(model), loader, tolerance=args.tolerance, **kw)
+    full = calibrate(copy.deepcopy(model), loader, tolerance=1e-12, **kw)  # every image of the folder
+    diffs = [
+        abs(a.std / b.std - 1)
+        for se, sf in zip(early.sites, full.sites, strict=True)
+        for a, b in zip(se.moments, sf.moments, strict=True)
+    ]
+    return {
+        "images": [s.images for s in early.sites],
+        "max_rel_diff": max(diffs),
+        "se": max(s.std_rel_se for s in early.sites),
+    }
+
+
+def _timed(fn, like: torch.Tensor) -> float:
+    _sync(like.device.type)
+    start = time.perf_counter()
+    fn()
+    _sync(like.device.type)
+    return time.perf_counter() - start
+
+
+def _sync(device: str) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _autocast(b: torch.Tensor, amp):
+    from contextlib import nullcontext
+
+    return torch.autocast(b.device.type, dtype=amp) if amp is not None else nullcontext()
+
+
+if __name__ == "__main__":
+    main()
