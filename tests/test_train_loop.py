@@ -29,10 +29,11 @@ def test_run_folder_holds_config_metrics_and_checkpoints(data: Path, tmp_path: P
     run = tmp_path / "run"
     assert load_config_text((run / "config.toml").read_text()) == cfg
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["iter"] for r in records if "loss" in r] == [2, 4, 6]
+    # loss lines at each log step and before each evaluation (the NaN check runs there too)
+    assert [r["iter"] for r in records if "loss" in r] == [2, 3, 4, 6]
     assert [r["iter"] for r in records if "mIoU" in r] == [3, 6]
     lrs = [r["lr"] for r in records if "loss" in r]
-    assert lrs[0] > lrs[1] > lrs[2] == 0.0  # poly decay reaches 0 at the last iteration
+    assert lrs[0] > lrs[1] > lrs[2] > lrs[3] == 0.0  # poly decay reaches 0 at the last iteration
     assert all(r["loss"] > 0 for r in records if "loss" in r)
     assert [r["phase"] for r in logs].count("eval") == 2 and "eta_s" in logs[0]
     assert [c.iteration for c in list_checkpoints(run)] == [4, 6]  # keep = 2
@@ -76,8 +77,17 @@ def test_an_existing_run_needs_resume_and_the_same_recipe(data: Path, tmp_path: 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data: Path, tmp_path: Path) -> None:
     nan_model = f"{TINY.rsplit(':', 1)[0]}:nan_after"
-    cfg = load_config(DEMO_RECIPE, quick(data, tmp_path / "run", "run.log_interval=100", "eval.interval=0",
-                                         "schedule.iters=10", model=nan_model))
+    cfg = load_config(
+        DEMO_RECIPE,
+        quick(
+            data,
+            tmp_path / "run",
+            "run.log_interval=100",
+            "eval.interval=0",
+            "schedule.iters=10",
+            model=nan_model,
+        ),
+    )
     with pytest.raises(TrainingError, match=r"loss became nan between iterations 5 and 6; the last good"):
         train(cfg)
     kept = list_checkpoints(tmp_path / "run")
@@ -105,10 +115,46 @@ def test_bad_label_in_a_worker_is_a_one_line_error(data: Path, tmp_path: Path) -
 
 
 def test_bf16_channels_last_and_grad_clip_run(data: Path, tmp_path: Path) -> None:
-    cfg = load_config(DEMO_RECIPE, quick(data, tmp_path / "run", "run.amp=bf16", "run.channels_last=true",
-                                         "optim.grad_clip=1.0", "schedule.iters=2", "eval.mode=slide",
-                                         "eval.crop_size=[16, 16]", "eval.stride=[12, 12]"))
+    cfg = load_config(
+        DEMO_RECIPE,
+        quick(
+            data,
+            tmp_path / "run",
+            "run.amp=bf16",
+            "run.channels_last=true",
+            "optim.grad_clip=1.0",
+            "schedule.iters=2",
+            "eval.mode=slide",
+            "eval.crop_size=[16, 16]",
+            "eval.stride=[12, 12]",
+        ),
+    )
     result = train(cfg)
     assert result.metrics is not None and 0 <= result.metrics.miou <= 1
     fp16 = load_config(DEMO_RECIPE, quick(data, tmp_path / "fp16", "run.amp=fp16", "schedule.iters=2"))
     assert train(fp16).iterations == 2
+
+
+def test_tensorboard_scalars_when_installed(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+    import types
+
+    written: list[tuple[str, float, int]] = []
+
+    class Writer:  # stands in for tensorboard's SummaryWriter, which CI does not install
+        def __init__(self, log_dir: str) -> None:
+            self.log_dir = log_dir
+
+        def add_scalar(self, tag: str, value: float, step: int) -> None:
+            written.append((tag, value, step))
+
+        def close(self) -> None:
+            written.append(("closed", 0.0, 0))
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
+    train(load_config(DEMO_RECIPE, quick(data, tmp_path / "run", "schedule.iters=2")))
+    tags = {tag for tag, _, _ in written}
+    assert {"loss", "lr", "img_s", "mIoU", "closed"} <= tags
+    assert ("loss", pytest.approx(written[0][1]), 2) in written

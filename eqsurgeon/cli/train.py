@@ -62,7 +62,10 @@ def train(
     summary.add_row("final weights", str(result.weights))
     summary.add_row("final mIoU", _pct(result.metrics.miou if result.metrics else math.nan))
     summary.add_row("best mIoU", _pct(result.best_miou if result.best_miou is not None else math.nan))
-    summary.add_row("equalization", cfg.eq.mode)
+    applied = result.eq["mode"] if result.eq else "none"
+    if result.eq and cfg.eq.mode == "none":
+        applied += " (from --init)"
+    summary.add_row("equalization", applied)
     summary.add_row("time", f"{result.seconds:.1f} s")
     console.print(summary)
 

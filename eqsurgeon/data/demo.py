@@ -66,7 +66,8 @@ def _draw(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
     image += rng.normal(0, 12, (size, size, 1))  # gray noise: the tint is the only colour cue
     mask = np.zeros((size, size), np.uint8)
     yy, xx = np.mgrid[0:size, 0:size]
-    textures = (yy // 2) % 2, ((yy // 2) + (xx // 2)) % 2  # stripes, checkerboard; 2-pixel cells
+    # stripes, checkerboard; 4-pixel cells stay distinct after the pipeline's 0.5× resize
+    textures = (yy // 4) % 2, ((yy // 4) + (xx // 4)) % 2
     cells = size // 8
     for _ in range(int(rng.integers(1, 4))):
         h, w = (int(v) for v in rng.integers(2, cells // 2 + 2, 2))
