@@ -60,7 +60,9 @@ def main() -> None:
         batches = [b.to(device) for b, _ in zip(loader, range(args.batches), strict=False)]
         sites = [s for s in find_sites(model, batches[0]) if s.ok]
         plain, measuring = throughput(model, sites, batches, args.repeats, amp)
+        print(f"throughput: plain {plain:.1f} img/s, measuring {measuring:.1f} img/s", flush=True)
         e2e = end_to_end(model, folder, args, mean, std, amp)
+        print(f"end to end: {e2e}", flush=True)
         conv = convergence(model, folder, args, mean, std, amp)
 
     ratio = measuring / plain
