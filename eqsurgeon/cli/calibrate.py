@@ -134,6 +134,9 @@ def prepare(
     device = c.resolve_device(device)
     source = scan_images(data)  # before loading the model: a bad folder fails fast
     kwargs = parse_kwargs(arg)
+    import torch
+
+    torch.manual_seed(seed)  # a freshly initialized model is part of the output: same seed, same bytes
     net = load_model(spec, kwargs)
     meta = None
     if checkpoint is not None:
