@@ -104,7 +104,7 @@ def fold_weight(weight: torch.Tensor, per_channel: torch.Tensor, op: str, groups
     tensor([[1., 2., 4.],
             [1., 2., 4.]])
     """
-    factor = _input_layout(per_channel, weight, op, groups)
+    factor = _input_layout(per_channel.to(weight.device), weight, op, groups)
     return (weight.double() * factor).to(weight.dtype)
 
 
@@ -119,7 +119,7 @@ def fold_bias(
     tensor([-2.])
     """
     w = folded_weight.double()
-    mu = _input_layout(per_channel_mean, folded_weight, op, groups)
+    mu = _input_layout(per_channel_mean.to(folded_weight.device), folded_weight, op, groups)
     kernel_dims = tuple(range(2, w.dim()))
     if op.startswith("conv_transpose"):
         per_in = (w * mu).sum(kernel_dims) if kernel_dims else w * mu  # [in, out/groups]

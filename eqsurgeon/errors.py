@@ -27,5 +27,13 @@ class CheckpointError(EqSurgeonError):
     """A checkpoint does not fit the model, or was already equalized."""
 
 
+class RecipeError(EqSurgeonError):
+    """A training recipe has an unknown key, a mistyped value, or does not match its run folder."""
+
+
+class TrainingError(EqSurgeonError):
+    """A training run cannot go on (the loss became NaN or inf); the message says what was kept."""
+
+
 class OutputExistsError(EqSurgeonError):
     """An output file exists and ``--force`` was not given."""

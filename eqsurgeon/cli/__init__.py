@@ -26,13 +26,16 @@ def _root(
 
 def _register() -> None:
     # Each command lives in its own module; registering here keeps the order of `--help` deliberate.
-    from eqsurgeon.cli import analyze, calibrate, check, models, verify
+    from eqsurgeon.cli import analyze, calibrate, check, demo_data, eval, models, train, verify
 
     app.command("analyze")(analyze.analyze)
     app.command("check")(check.check_cmd)
     app.command("calibrate")(calibrate.calibrate)
     app.command("verify")(verify.verify)
     app.command("models")(models.models)
+    app.command("train")(train.train)
+    app.command("eval")(eval.evaluate)
+    app.command("demo-data")(demo_data.demo_data)
 
 
 _register()

@@ -1,0 +1,27 @@
+"""``eqsurgeon demo-data DIR``: write a small synthetic segmentation dataset (generic folder layout)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from eqsurgeon.cli.common import console, handle_errors
+
+
+@handle_errors
+def demo_data(
+    out: Annotated[Path, typer.Argument(help="folder to create (images/ and masks/)")],
+    images: Annotated[int, typer.Option("--images", min=1, help="number of image/mask pairs")] = 48,
+    size: Annotated[int, typer.Option("--size", min=32, help="image side, a multiple of 8")] = 64,
+    seed: Annotated[int, typer.Option("--seed", help="generator seed")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="write into a non-empty folder")] = False,
+) -> None:
+    """Synthetic data where a pixel's class needs local texture and the image's global tint (5 classes)."""
+    from eqsurgeon.data.demo import NUM_CLASSES, make_demo_data
+
+    if size % 8:
+        raise typer.BadParameter("--size must be a multiple of 8")
+    root = make_demo_data(out, images=images, size=size, seed=seed, force=force)
+    console.print(f"wrote {images} images of {size}x{size} with {NUM_CLASSES} classes to {root}")

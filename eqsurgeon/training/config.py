@@ -1,0 +1,303 @@
+"""The training recipe: one frozen dataclass per TOML table, loaded with clear errors for any bad key.
+
+    [model] name, kwargs, init      [data] where and how to read     [optim] / [schedule]  optimizer, lr
+    [loss] aux weight, averaging     [eval] / [checkpoint]  when      [eq] equalization      [run] runtime
+
+Every key has a default, so a recipe states only what differs. ``--set section.key=value`` overrides a key
+with a TOML value (``--set optim.lr=1e-4``, ``--set data.crop_size=[256,256]``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from eqsurgeon.errors import RecipeError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = ""  # model spec: zoo name, file.py:factory or package.module:factory
+    kwargs: dict[str, Any] = field(default_factory=dict)  # factory keyword arguments
+    init: str = ""  # checkpoint to start from (calibrated or pretrained); --init overrides
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str = ""  # dataset folder; --data overrides
+    format: str = "auto"  # auto | folder | ade20k | cityscapes | voc | synthetic (random, in memory)
+    num_classes: int = 0
+    class_names: tuple[str, ...] = ()
+    ignore_index: int = 255
+    crop_size: tuple[int, int] = (512, 512)  # (height, width)
+    scale: tuple[int, int] = (2048, 512)  # RandomResize (long edge, short edge) before the ratio
+    ratio_range: tuple[float, float] = (0.5, 2.0)
+    cat_max_ratio: float = 0.75
+    flip_prob: float = 0.5
+    photometric: bool = True
+    mean: tuple[float, float, float] = (123.675, 116.28, 103.53)  # RGB, 0-255
+    std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+    batch_size: int = 2  # per process (per GPU)
+    workers: int = 2  # data-loader workers per process
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: str = "adamw"  # adamw | sgd
+    lr: float = 6e-5
+    weight_decay: float = 0.01
+    momentum: float = 0.9  # sgd
+    betas: tuple[float, float] = (0.9, 0.999)  # adamw
+    no_decay_norm_bias: bool = True  # no weight decay on norm weights and biases (1-d params)
+    grad_clip: float = 0.0  # max gradient norm; 0 disables
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    iters: int = 160_000
+    warmup_iters: int = 1500
+    warmup_ratio: float = 1e-6  # lr at step 0 = lr × warmup_ratio
+    power: float = 1.0  # poly decay power
+    min_lr: float = 0.0
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    aux_weight: float = 0.4
+    average: str = "all"  # all: MMSeg (sum over pixels / all pixels); valid: / non-ignored pixels
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    interval: int = 16_000  # iterations between evaluations; 0 evaluates only at the end
+    split: str = "val"
+    scale: tuple[int, int] | None = (2048, 512)  # test-time keep-ratio resize; empty list = none
+    mode: str = "whole"  # whole | slide
+    crop_size: tuple[int, int] = (512, 512)  # slide window
+    stride: tuple[int, int] = (341, 341)
+    max_images: int = 0  # 0 = the whole split
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    interval: int = 16_000
+    keep: int = 3  # last K iteration checkpoints kept (plus the best by mIoU)
+
+
+@dataclass(frozen=True)
+class EqConfig:
+    mode: str = "none"  # none | fold | insert
+    images: int = 64  # training crops to calibrate on at most (over all ranks)
+    batch_size: int = 8
+    tolerance: float = 0.005  # stop earlier once every σ has this relative standard error
+    bn_mode: str = "auto"  # auto | batch | eval
+    bias_correction: str = "auto"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    out: str = "runs/run"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    amp: str = "none"  # none | bf16 | fp16
+    channels_last: bool = False
+    compile: bool = False
+    log_interval: int = 50
+    deterministic: bool = False  # cudnn.deterministic; CPU runs are deterministic already
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eq: EqConfig = field(default_factory=EqConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+CHOICES = {
+    "data.format": ("auto", "folder", "ade20k", "cityscapes", "voc", "synthetic"),
+    "optim.name": ("adamw", "sgd"),
+    "loss.average": ("all", "valid"),
+    "eval.mode": ("whole", "slide"),
+    "eq.mode": ("none", "fold", "insert"),
+    "eq.bn_mode": ("auto", "batch", "eval"),
+    "run.device": ("auto", "cpu", "cuda"),
+    "run.amp": ("none", "bf16", "fp16"),
+}
+
+
+def load_config(path: Path | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Read a recipe TOML (or only defaults when ``path`` is None) and apply ``key=value`` overrides.
+
+    Raises:
+        RecipeError: unreadable TOML, unknown table or key, wrong type, or a value outside its choices.
+
+    >>> cfg = load_config(None, ["optim.lr=1e-3", "data.crop_size=[64, 64]"])
+    >>> cfg.optim.lr, cfg.data.crop_size
+    (0.001, (64, 64))
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise RecipeError(
+                f"recipe {path} does not exist; pass a TOML file such as train/recipes/demo.toml"
+            ) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise RecipeError(f"recipe {path} is not valid TOML: {exc}") from None
+    for item in overrides:
+        _apply_override(raw, item)
+    source = " + ".join(([str(path)] if path is not None else []) + (["--set"] if overrides else []))
+    return config_from_dict(raw, source=source or "defaults")
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "recipe") -> TrainConfig:
+    """Validate a nested dict (as TOML parses it) into a :class:`TrainConfig`.
+
+    >>> config_from_dict({"run": {"seed": 3}}).run.seed
+    3
+    """
+    sections = {}
+    for f in dataclasses.fields(TrainConfig):
+        table = raw.get(f.name, {})
+        if not isinstance(table, dict):
+            raise RecipeError(f"{source}: [{f.name}] must be a table, got {type(table).__name__}")
+        sections[f.name] = _build(_SECTIONS[f.name], f.name, table, source)
+    unknown = sorted(set(raw) - set(sections))
+    if unknown:
+        raise RecipeError(f"{source}: unknown table [{unknown[0]}]; tables are {', '.join(_SECTIONS)}")
+    return TrainConfig(**sections)
+
+
+def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    """The config as nested plain data (tuples become lists), for JSON/TOML dumps and comparison."""
+    return _plain(dataclasses.asdict(cfg))
+
+
+def dump_toml(cfg: TrainConfig) -> str:
+    """The resolved config as TOML that :func:`load_config` reads back to the same config.
+
+    >>> load_config_text(dump_toml(TrainConfig())) == TrainConfig()
+    True
+    """
+    lines: list[str] = []
+    for section, table in config_to_dict(cfg).items():
+        lines.append(f"[{section}]")
+        for key, value in table.items():
+            if value is None:
+                value = []  # None (e.g. eval.scale) is written as an empty list, read back as None
+            lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def load_config_text(text: str) -> TrainConfig:
+    """Parse recipe TOML text (used for the run folder's resolved config)."""
+    return config_from_dict(tomllib.loads(text), source="config.toml")
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    key, sep, text = item.partition("=")
+    if not sep or "." not in key:
+        raise RecipeError(f"--set {item!r} must look like section.key=value, e.g. --set optim.lr=1e-4")
+    section, name = key.strip().split(".", 1)
+    try:
+        value = tomllib.loads(f"v = {text.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text.strip()  # a bare word is a string: --set model.name=upernet_tiny
+    table = raw.setdefault(section, {})
+    if not isinstance(table, dict):
+        raise RecipeError(f"--set {item!r}: [{section}] is not a table")
+    *parents, leaf = name.split(".")  # model.kwargs.num_classes=5 sets one factory argument
+    for parent in parents:
+        table = table.setdefault(parent, {})
+    table[leaf] = value
+
+
+def _build(cls: type, section: str, table: dict[str, Any], source: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    values = {}
+    for key, value in table.items():
+        if key not in hints:
+            import difflib
+
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"did you mean {section}.{close[0]}?" if close else f"keys are {', '.join(names)}"
+            raise RecipeError(f"{source}: unknown key {section}.{key}; {hint}")
+        values[key] = _coerce(value, hints[key], f"{section}.{key}", source)
+        allowed = CHOICES.get(f"{section}.{key}")
+        if allowed and values[key] not in allowed:
+            raise RecipeError(f"{source}: {section}.{key} = {value!r}; choose one of {', '.join(allowed)}")
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):  # only "X | None" occurs: an empty list means None
+        if value == [] or value is None:
+            return None
+        return _coerce(value, next(a for a in args if a is not type(None)), key, source)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise RecipeError(f"{source}: {key} must be a list, got {value!r}")
+        if args[-1] is not Ellipsis and len(value) != len(args):
+            raise RecipeError(f"{source}: {key} must have {len(args)} items, got {len(value)}")
+        item_types = [args[0]] * len(value) if args[-1] is Ellipsis else list(args)
+        return tuple(_coerce(v, t, key, source) for v, t in zip(value, item_types, strict=True))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise RecipeError(f"{source}: {key} must be a table, e.g. {{ num_classes = 5 }}")
+        return dict(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is Any or (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
+        return value
+    raise RecipeError(f"{source}: {key} must be {hint.__name__}, got {value!r} ({type(value).__name__})")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, float):
+        return repr(value)  # TOML reads Python's repr of floats, nan and inf included
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    return str(value)
+
+
+_SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "optim": OptimConfig,
+    "schedule": ScheduleConfig,
+    "loss": LossConfig,
+    "eval": EvalConfig,
+    "checkpoint": CheckpointConfig,
+    "eq": EqConfig,
+    "run": RunConfig,
+}

@@ -1,0 +1,100 @@
+"""torch.distributed from torchrun's environment: RANK set means DDP, otherwise one process.
+
+NCCL on GPU, gloo on CPU; each process drives ``cuda:LOCAL_RANK``. Helpers do nothing in a single
+process, so the training loop reads the same either way.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from eqsurgeon.errors import RecipeError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits: its rank, the world size and its device."""
+
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone writes files and logs."""
+        return self.rank == 0
+
+
+def setup(device: str = "auto") -> DistInfo:
+    """Initialise the process group when launched by torchrun (``RANK`` set) and pick the device.
+
+    >>> setup("cpu").world if "RANK" not in os.environ else 1
+    1
+    """
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if use_cuda and not torch.cuda.is_available():
+        raise RecipeError("run.device = 'cuda' but no GPU is visible; set run.device = 'cpu' or 'auto'")
+    if "RANK" not in os.environ:
+        return DistInfo(0, 1, 0, torch.device("cuda" if use_cuda else "cpu"))
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return DistInfo(rank, world, local_rank, torch.device(f"cuda:{local_rank}" if use_cuda else "cpu"))
+
+
+def cleanup() -> None:
+    """Destroy the process group if one was made."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over ranks in place (no-op in one process); returns it."""
+    if dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order (``[obj]`` in one process)."""
+    if not dist.is_initialized():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def broadcast_buffers(model: torch.nn.Module) -> None:
+    """Copy rank 0's buffers (BN running statistics) to every rank.
+
+    On CPU there is no SyncBatchNorm, so each rank's BN tracks its own batches; DDP broadcasts rank 0's
+    buffers before each forward. Doing it once more before evaluating and at the end leaves every rank
+    holding exactly the weights rank 0 checkpoints.
+    """
+    if dist.is_initialized():
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op in one process)."""
+    if dist.is_initialized():
+        dist.barrier()

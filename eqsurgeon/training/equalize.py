@@ -1,0 +1,119 @@
+"""Equalization inside a training run: Algorithm 1 on training crops, before the first step.
+
+The crops come through the training pipeline (RandomResize, RandomCrop, flip, photometric), seeded on a
+stream of their own so they do not shift the training data. Under DDP each rank measures its share and
+``calibrate`` pools count/mean/M2 across ranks after every batch (``eqsurgeon.reduce.ddp_reduce``), so
+every rank applies the same μ/σ, computed from the images of all ranks.
+
+The record written to ``eq.json`` and to each checkpoint's ``eqsurgeon`` metadata is the calibrated
+checkpoint format (``eqsurgeon.checkpoint.CalibrationMeta``), so ``load_model`` rebuilds insert-mode
+equalizers from any training checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from eqsurgeon.calibration import calibrate, site_records
+from eqsurgeon.checkpoint import METADATA_KEY, CalibrationMeta, rebuild_equalizers
+from eqsurgeon.data.sampler import InfiniteSampler
+from eqsurgeon.errors import RecipeError
+from eqsurgeon.reduce import ddp_reduce
+from eqsurgeon.training.config import TrainConfig
+from eqsurgeon.training.distributed import DistInfo
+from eqsurgeon.training.evaluate import to_input
+
+# Calibration crops use epochs -1, -2, ... of the augmentation seed stream; training uses 0, 1, ...
+_CALIBRATION_EPOCH = -1
+
+
+def equalize_in_loop(
+    model: nn.Module, cfg: TrainConfig, train_set: Dataset, info: DistInfo
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Calibrate ``model`` in place on ``cfg.eq.images`` training crops (over all ranks).
+
+    Returns:
+        The model (on ``info.device``; insert mode wraps its fusing layers) and the calibration record.
+
+    >>> # run by the trainer when eq.mode is "fold" or "insert"; see tests/test_train_eq.py
+    """
+    eq = cfg.eq
+    per_rank = eq.images // info.world
+    if per_rank < 2:
+        raise RecipeError(f"eq.images = {eq.images} leaves {per_rank} per process; use 2 or more per process")
+    keys = calibration_keys(len(train_set), cfg.run.seed, info.rank, info.world, per_rank)
+    loader = DataLoader(
+        train_set,
+        batch_size=eq.batch_size,
+        sampler=keys,
+        num_workers=min(cfg.data.workers, len(keys)),
+        generator=torch.Generator(),  # leave the global RNG alone (resume exactness)
+    )
+    images = [batch for batch, _ in loader]  # uint8, small; re-read once per site by calibrate
+    model.to(info.device)
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.run.amp)
+    result = calibrate(
+        model,
+        _Normalized(images, cfg, info.device),
+        mode=eq.mode,
+        bias_correction=eq.bias_correction,
+        bn_mode=eq.bn_mode,
+        tolerance=eq.tolerance,
+        max_images=eq.images,
+        autocast_dtype=amp,
+        reduce=ddp_reduce,
+    )
+    meta = CalibrationMeta(
+        model=cfg.model.name,
+        mode=result.mode,
+        bn_mode=result.bn_mode,
+        images=result.images,
+        data_fingerprint=f"train crops of {cfg.data.root} (seed {cfg.run.seed})",
+        model_kwargs=dict(cfg.model.kwargs),
+        bias_correction=result.bias_correction,
+        tolerance=result.tolerance,
+        converged=result.converged,
+        seed=cfg.run.seed,
+        input_size=tuple(cfg.data.crop_size),
+        image_mean=tuple(cfg.data.mean),
+        image_std=tuple(cfg.data.std),
+        sites=site_records(result),
+    )
+    return model, json.loads(meta.to_json())
+
+
+def calibration_keys(size: int, seed: int, rank: int, world: int, count: int) -> list[tuple[int, int]]:
+    """This rank's ``count`` calibration samples as (epoch, index) keys of the training set.
+
+    Ranks take disjoint shards of one seeded permutation, so for ``count × world <= size`` the union
+    over ranks is exactly what a single process would take with ``count × world`` images.
+
+    >>> keys = calibration_keys(8, 0, 0, 1, 4)
+    >>> sorted(calibration_keys(8, 0, 0, 2, 2) + calibration_keys(8, 0, 1, 2, 2)) == sorted(keys)
+    True
+    """
+    stream = iter(InfiniteSampler(size, seed + 1, rank, world))
+    return [(_CALIBRATION_EPOCH - epoch, index) for epoch, index in (next(stream) for _ in range(count))]
+
+
+def rebuild_inserted(model: nn.Module, record: dict[str, Any]) -> nn.Module:
+    """Re-insert the equalizer wrappers an insert-mode record describes (before loading its weights)."""
+    rebuild_equalizers(model, {METADATA_KEY: json.dumps(record)})
+    return model
+
+
+class _Normalized:
+    """Re-iterable view of uint8 batches as normalized float batches on the device."""
+
+    def __init__(self, batches: list[torch.Tensor], cfg: TrainConfig, device: torch.device) -> None:
+        self.batches, self.cfg, self.device = batches, cfg, device
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        for batch in self.batches:
+            yield to_input(batch.to(self.device), self.cfg.data, self.cfg.run.channels_last)

@@ -1,0 +1,376 @@
+"""The training loop, top to bottom: set up, (equalize), iterate, log, evaluate, checkpoint.
+
+One process or many under torchrun (DDP detected from ``RANK``); rank 0 alone writes files and calls
+``on_log``. Everything a resumed run needs to continue bit-exactly lives in the checkpoint: weights,
+optimizer, scheduler, grad scaler, RNG per rank, and the data position (the sampler is a pure function of
+it, and each sample's augmentation is seeded by (seed, epoch, index)).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from eqsurgeon.data.sampler import InfiniteSampler
+from eqsurgeon.errors import CheckpointError, DataError, RecipeError, TrainingError
+from eqsurgeon.loading import fit_state_dict
+from eqsurgeon.training import distributed, rundir
+from eqsurgeon.training.checkpoint import (
+    checkpoint_files,
+    load_state,
+    load_weights,
+    save_checkpoint,
+    write_json,
+    write_weights,
+)
+from eqsurgeon.training.config import TrainConfig
+from eqsurgeon.training.datasets import make_datasets
+from eqsurgeon.training.evaluate import autocast, evaluate, to_input
+from eqsurgeon.training.losses import segmentation_loss, split_outputs
+from eqsurgeon.training.metrics import SegMetrics
+from eqsurgeon.training.model import build_model, init_record
+from eqsurgeon.training.optim import build_optimizer, build_scheduler
+
+LogFn = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished run produced (on rank 0; other ranks get the same paths)."""
+
+    run_dir: Path
+    iterations: int
+    weights: Path
+    best_miou: float | None
+    metrics: SegMetrics | None
+    seconds: float
+    eq: dict[str, Any] | None
+    model: nn.Module  # the trained model, unwrapped from DDP/compile, on its device
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, on_log: LogFn | None = None) -> TrainResult:
+    """Train ``cfg``'s model on its data; see docs/train.md for the recipe keys and the run folder.
+
+    Args:
+        cfg: the resolved recipe.
+        resume: continue the run in ``cfg.run.out`` from its latest checkpoint.
+        on_log: called on rank 0 with each record written to metrics.jsonl (plus ``eta_s``, ``phase``).
+
+    Raises:
+        DataError, RecipeError, CheckpointError, OutputExistsError: bad input, before training starts.
+        TrainingError: the loss became NaN or inf; the last good checkpoint is left as it was.
+
+    >>> # see tests/test_train_loop.py for runnable examples; a run takes seconds even on tiny data
+    """
+    info = distributed.setup(cfg.run.device)
+    try:
+        return _train(cfg, resume, on_log or (lambda record: None), info)
+    finally:
+        distributed.cleanup()
+
+
+def _train(cfg: TrainConfig, resume: bool, on_log: LogFn, info: distributed.DistInfo) -> TrainResult:
+    t_start = time.perf_counter()
+    run_dir, d, device = Path(cfg.run.out), cfg.data, info.device
+    if not d.root and d.format != "synthetic":
+        raise RecipeError("no dataset: set data.root in the recipe or pass --data DIR")
+    if d.num_classes < 1:
+        raise RecipeError("data.num_classes must be set to the number of classes (e.g. 150 for ADE20K)")
+
+    # -- data, then the run folder: rank 0 checks it and every rank learns the outcome (or the error)
+    train_set, val_set = make_datasets(cfg)
+    ckpt = _on_rank0(info, lambda: rundir.check(run_dir, cfg, resume))
+
+    # -- model: identical init on every rank; then per-rank RNG streams (dropout, drop-path)
+    torch.manual_seed(cfg.run.seed)
+    # A resumed run takes its weights (and equalizer structure) from the checkpoint, not from --init.
+    model = build_model(dataclasses.replace(cfg.model, init="") if ckpt else cfg.model)
+    start_iter, best_miou, eq_record = 0, None, init_record(cfg.model)
+    state: dict[str, Any] | None = None
+    if ckpt is not None:
+        state = load_state(ckpt)
+        eq_record = state.get("eq")
+        model = _restore_structure(model, eq_record)
+        fit_state_dict(model, load_weights(ckpt.weights)[0], ckpt.weights)
+        start_iter, best_miou = int(state["iter"]), state.get("best_miou")
+        if len(state["rng"]) != info.world:
+            raise RecipeError(
+                f"{run_dir} was trained with {len(state['rng'])} processes; resume with the same number"
+            )
+    elif cfg.eq.mode != "none":
+        from eqsurgeon.training.equalize import equalize_in_loop
+
+        if eq_record is not None and any(s["status"] == "ok" for s in eq_record["sites"]):
+            raise CheckpointError(
+                f"--init {cfg.model.init} is already equalized ({eq_record['mode']} mode); equalizing again "
+                'would divide by σ twice: set eq.mode = "none" to train it as is'
+            )
+
+        model, eq_record = equalize_in_loop(model, cfg, train_set, info)
+    torch.manual_seed(cfg.run.seed + 1000 * info.rank)
+
+    if device.type == "cuda":  # MMSeg's default: autotuned convolutions unless asked to be deterministic
+        torch.backends.cudnn.benchmark = not cfg.run.deterministic
+        torch.backends.cudnn.deterministic = cfg.run.deterministic
+    model.to(device)
+    if cfg.run.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if info.world > 1 and device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    raw = model  # the unwrapped module: its state dict is what checkpoints hold
+    net: nn.Module = model
+    if info.world > 1:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[info.local_rank] if device.type == "cuda" else None
+        )
+    if cfg.run.compile:
+        net = torch.compile(net)
+
+    optimizer = build_optimizer(raw, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.schedule, cfg.optim.lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.run.amp == "fp16")
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        _set_rng(state["rng"][info.rank])
+        if info.is_main:
+            rundir.truncate_metrics(run_dir, start_iter)
+
+    if ckpt is None and info.is_main:
+        rundir.create(run_dir, cfg)  # only now: a start that failed on bad input leaves no folder behind
+    if cfg.eq.mode != "none" and eq_record is not None and ckpt is None and info.is_main:
+        write_json(run_dir / "eq.json", eq_record)
+    distributed.barrier()
+
+    sampler = InfiniteSampler(
+        len(train_set), cfg.run.seed, info.rank, info.world, start=start_iter * d.batch_size
+    )
+    loader = DataLoader(
+        train_set,
+        batch_size=d.batch_size,
+        sampler=sampler,
+        num_workers=d.workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=d.workers > 0,
+        generator=torch.Generator(),  # keep the global RNG untouched by loader start-up
+    )
+    batches = iter(loader)
+    writer = _tensorboard(run_dir) if info.is_main else None
+
+    # -- the loop
+    net.train()
+    loss_sum = torch.zeros((), device=device)  # summed on device, read at log time: no sync per step
+    window_start, window_iters, metrics = time.perf_counter(), 0, None
+    for it in range(start_iter, cfg.schedule.iters):
+        images, masks = _next_batch(batches)
+        x = to_input(images.to(device, non_blocking=True), d, cfg.run.channels_last)
+        y = masks.to(device, non_blocking=True).long()
+        with autocast(device, cfg.run.amp):
+            out = net(x)
+            if it == start_iter:
+                _check_classes(split_outputs(out)[0], d.num_classes)
+            loss = segmentation_loss(out, y, d.ignore_index, cfg.loss.aux_weight, cfg.loss.average)
+        scaler.scale(loss).backward()
+        if cfg.optim.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(raw.parameters(), cfg.optim.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        loss_sum += loss.detach()
+        window_iters += 1
+        done = it + 1
+        last = done == cfg.schedule.iters
+
+        if done % cfg.run.log_interval == 0 or last or done % cfg.checkpoint.interval == 0:
+            mean_loss = distributed.all_reduce_sum(loss_sum / window_iters).item() / info.world
+            if not math.isfinite(mean_loss):
+                raise TrainingError(
+                    f"loss became {mean_loss} between iterations {done - window_iters + 1} and {done}; "
+                    f"the last good checkpoint in {run_dir} is kept; lower optim.lr or set optim.grad_clip"
+                )
+            elapsed = time.perf_counter() - window_start
+            record = {
+                "iter": done,
+                "loss": mean_loss,
+                "lr": optimizer.param_groups[0]["lr"],
+                "img_s": window_iters * d.batch_size * info.world / max(elapsed, 1e-9),
+                "peak_mem_mb": _peak_memory_mb(device),
+            }
+            if info.is_main:
+                _log(run_dir, writer, record)
+                on_log(
+                    {
+                        **record,
+                        "phase": "train",
+                        "eta_s": elapsed / window_iters * (cfg.schedule.iters - done),
+                    }
+                )
+            loss_sum.zero_()
+            window_start, window_iters = time.perf_counter(), 0
+
+        if (cfg.eval.interval and done % cfg.eval.interval == 0) or last:
+            distributed.broadcast_buffers(raw)
+            metrics = evaluate(raw, val_set, d, cfg.eval, device, cfg.run.amp, cfg.run.channels_last)
+            record = {"iter": done, "mIoU": metrics.miou, "aAcc": metrics.aacc, "IoU": list(metrics.iou)}
+            if info.is_main:
+                _log(run_dir, writer, record)
+                on_log({**record, "phase": "eval"})
+                if best_miou is None or metrics.miou > best_miou:
+                    best_miou = metrics.miou
+                    write_weights(
+                        run_dir / "best.safetensors", raw.state_dict(), _metadata(cfg, done, eq_record)
+                    )
+                    write_json(run_dir / "best.json", {"iter": done, "mIoU": metrics.miou})
+            best_miou = distributed.broadcast_object(best_miou)
+            window_start = time.perf_counter()  # evaluation time is not training throughput
+
+        if done % cfg.checkpoint.interval == 0 or last:
+            # every rank contributes its RNG state; rank 0 writes
+            rng = distributed.gather_objects(_rng_state())
+            epoch, offset = sampler.position(done * d.batch_size)
+            train_state = {
+                "iter": done,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "rng": rng,
+                "data": {
+                    "epoch": epoch,
+                    "offset": offset,
+                    "position": done * d.batch_size,
+                    "seed": cfg.run.seed,
+                    "world": info.world,
+                },
+                "best_miou": best_miou,
+                "eq": eq_record,
+            }
+            if info.is_main:
+                save_checkpoint(
+                    run_dir,
+                    done,
+                    raw.state_dict(),
+                    train_state,
+                    _metadata(cfg, done, eq_record),
+                    cfg.checkpoint.keep,
+                )
+            distributed.barrier()
+
+    if writer is not None:
+        writer.close()
+    final = checkpoint_files(run_dir, cfg.schedule.iters).weights
+    result = TrainResult(
+        run_dir, cfg.schedule.iters, final, best_miou, metrics, time.perf_counter() - t_start, eq_record, raw
+    )
+    if info.is_main:
+        write_json(
+            run_dir / "summary.json",
+            {
+                "iterations": result.iterations,
+                "weights": str(final),
+                "best_mIoU": best_miou,
+                "mIoU": metrics.miou if metrics else None,
+                "seconds": result.seconds,
+            },
+        )
+    return result
+
+
+def _on_rank0(info: distributed.DistInfo, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` on rank 0 and share its result, or its user error, with every rank."""
+    result, error = None, None
+    if info.is_main:
+        try:
+            result = fn()
+        except Exception as exc:  # re-raised below on every rank, so no rank hangs in a collective
+            error = exc
+    result, error = distributed.broadcast_object((result, error))
+    if error is not None:
+        raise error
+    return result
+
+
+def _next_batch(batches: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    try:
+        return next(batches)
+    except DataError as exc:
+        # A worker's DataError arrives wrapped with its traceback; keep the one-line message.
+        raise DataError(str(exc).strip().splitlines()[-1].split("DataError: ", 1)[-1]) from None
+
+
+def _check_classes(logits: torch.Tensor, num_classes: int) -> None:
+    if logits.shape[1] != num_classes:
+        raise RecipeError(
+            f"the model predicts {logits.shape[1]} classes but data.num_classes = {num_classes}; "
+            "set model.kwargs.num_classes (or the factory's equivalent) to match"
+        )
+
+
+def _restore_structure(model: nn.Module, eq_record: dict[str, Any] | None) -> nn.Module:
+    # Insert mode adds equalizer modules; a resumed run must rebuild them before loading their weights.
+    if eq_record is None or eq_record.get("mode") != "insert":
+        return model
+    from eqsurgeon.training.equalize import rebuild_inserted
+
+    return rebuild_inserted(model, eq_record)
+
+
+def _metadata(cfg: TrainConfig, iteration: int, eq_record: dict[str, Any] | None) -> dict[str, str]:
+    meta = {
+        "model": cfg.model.name,
+        "model_kwargs": json.dumps(cfg.model.kwargs),
+        "iteration": str(iteration),
+    }
+    if eq_record is not None:
+        meta["eqsurgeon"] = json.dumps(eq_record, sort_keys=True, separators=(",", ":"))
+    return meta
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _log(run_dir: Path, writer: Any, record: dict[str, Any]) -> None:
+    rundir.append_metrics(run_dir, record)
+    if writer is not None:
+        for key, value in record.items():
+            if key != "iter" and isinstance(value, float):
+                writer.add_scalar(key, value, record["iter"])
+
+
+def _tensorboard(run_dir: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional: pip install eqsurgeon[tensorboard]
+        return None
+    return SummaryWriter(str(run_dir / "tb"))

@@ -1,0 +1,115 @@
+"""The run folder: resolved config, metrics.jsonl, checkpoints; and the checks that guard ``--resume``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from eqsurgeon.errors import CheckpointError, OutputExistsError, RecipeError
+from eqsurgeon.training.checkpoint import CheckpointFiles, atomic_write, list_checkpoints
+from eqsurgeon.training.config import TrainConfig, config_to_dict, dump_toml, load_config_text
+
+CONFIG_NAME = "config.toml"
+METRICS_NAME = "metrics.jsonl"
+# Keys that may change between a run and its resumption without changing what it computes.
+RESUME_MAY_DIFFER = frozenset(
+    {
+        "data.root",
+        "data.workers",
+        "model.init",
+        "run.out",
+        "run.log_interval",
+        "run.compile",
+        "eval.max_images",
+    }
+)
+
+
+def check(run_dir: Path, cfg: TrainConfig, resume: bool) -> CheckpointFiles | None:
+    """Check ``run_dir`` without writing anything: returns the checkpoint to resume from, if any.
+
+    Raises:
+        OutputExistsError: the folder holds a run and ``resume`` is False.
+        CheckpointError: ``resume`` but the folder holds no run.
+        RecipeError: ``resume`` with a recipe that differs from the run's.
+
+    >>> import tempfile
+    >>> from eqsurgeon.training.config import TrainConfig
+    >>> d = Path(tempfile.mkdtemp()) / "run"
+    >>> check(d, TrainConfig(), resume=False) is None
+    True
+    """
+    config_path = run_dir / CONFIG_NAME
+    if not resume:
+        if run_dir.is_dir() and (config_path.exists() or list_checkpoints(run_dir)):
+            raise OutputExistsError(
+                f"run folder {run_dir} already holds a run; "
+                "pass --resume to continue it or choose another --out"
+            )
+        return None
+    if not config_path.is_file():
+        raise CheckpointError(
+            f"nothing to resume in {run_dir}: it has no {CONFIG_NAME}; drop --resume to start"
+        )
+    differences = config_differences(load_config_text(config_path.read_text()), cfg)
+    if differences:
+        raise RecipeError(
+            f"{run_dir} was made by a different recipe ({'; '.join(differences[:3])}); "
+            "resume with the same recipe and --set options, or choose another --out"
+        )
+    checkpoints = list_checkpoints(run_dir)
+    return checkpoints[-1] if checkpoints else None
+
+
+def create(run_dir: Path, cfg: TrainConfig) -> None:
+    """Make ``run_dir`` with the resolved config, once the run is about to start (rank 0)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    text = dump_toml(cfg)
+    atomic_write(run_dir / CONFIG_NAME, lambda f: f.write(text.encode()))
+    (run_dir / METRICS_NAME).unlink(missing_ok=True)
+
+
+def config_differences(old: TrainConfig, new: TrainConfig) -> list[str]:
+    """``key: old -> new`` for each key that differs, except those allowed to change on resume.
+
+    >>> from eqsurgeon.training.config import load_config
+    >>> config_differences(load_config(None), load_config(None, ["optim.lr=0.1"]))
+    ['optim.lr: 6e-05 -> 0.1']
+    """
+    flat_old, flat_new = _flatten(config_to_dict(old)), _flatten(config_to_dict(new))
+    return [
+        f"{k}: {flat_old.get(k)!r} -> {flat_new.get(k)!r}".replace("'", "")
+        for k in sorted(set(flat_old) | set(flat_new))
+        if k not in RESUME_MAY_DIFFER and flat_old.get(k) != flat_new.get(k)
+    ]
+
+
+def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line to metrics.jsonl."""
+    with open(run_dir / METRICS_NAME, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def truncate_metrics(run_dir: Path, iteration: int) -> None:
+    """Drop metric lines past ``iteration``: a resumed run logs those iterations again."""
+    path = run_dir / METRICS_NAME
+    if not path.is_file():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line).get("iter", 0) <= iteration]
+    text = "".join(line + "\n" for line in kept)
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and not prefix:
+            out.update(_flatten(v, f"{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

@@ -1,0 +1,29 @@
+"""Shared set-up for the trainer tests: a tiny model spec and recipe overrides for a few-second run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).parents[1]
+DEMO_RECIPE = ROOT / "train" / "recipes" / "demo.toml"
+TINY = f"{Path(__file__).parent / '_tiny_seg.py'}:tiny_seg"
+
+
+def quick(data: Path, out: Path, *extra: str, model: str = TINY) -> list[str]:
+    """Overrides turning the demo recipe into a run of a few iterations on ``data``."""
+    return [
+        f'model.name="{model}"',
+        f'data.root="{data}"',
+        f'run.out="{out}"',
+        "data.workers=0",
+        "data.batch_size=4",
+        "data.crop_size=[32, 32]",
+        "schedule.iters=6",
+        "schedule.warmup_iters=2",
+        "checkpoint.interval=2",
+        "checkpoint.keep=2",
+        "eval.interval=3",
+        "eval.max_images=4",
+        "run.log_interval=2",
+        *extra,
+    ]

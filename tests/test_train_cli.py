@@ -1,0 +1,69 @@
+"""The train, eval and demo-data commands: outputs and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from eqsurgeon.cli import app
+from tests._train_helpers import DEMO_RECIPE, quick
+
+runner = CliRunner()
+
+
+def run(*args: object):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def _sets(items: list[str]) -> list[str]:
+    return [a for item in items for a in ("--set", item)]
+
+
+def assert_input_error(result, *needles: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cli") / "demo"
+    result = run("demo-data", root, "--images", 6, "--size", 32)
+    assert result.exit_code == 0 and "wrote 6 images" in result.output
+    return root
+
+
+def test_demo_data_refuses_a_non_empty_folder(data: Path) -> None:
+    assert_input_error(run("demo-data", data), "exists and is not empty", "--force")
+
+
+def test_train_then_eval_prints_miou(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    sets = quick(data, out, "schedule.iters=4", "eval.interval=0", model="upernet_tiny")
+    result = run("train", DEMO_RECIPE, "--data", data, "--out", out, "--seed", 3, *_sets(sets[3:]))
+    assert result.exit_code == 0, result.output
+    assert "run summary" in result.output and "per-class IoU" in result.output
+    assert "stripes/warm" in result.output  # class names from the recipe
+    assert (out / "config.toml").read_text().count("seed = 3") == 1
+    summary = json.loads((out / "summary.json").read_text())
+    evaluated = run("eval", DEMO_RECIPE, "--checkpoint", summary["weights"], "--data", data,
+                    *_sets(sets[3:]))  # same eval settings (max_images) as the run
+    assert evaluated.exit_code == 0, evaluated.output
+    assert f"mIoU {100 * summary['mIoU']:.2f}" in evaluated.output
+
+
+def test_train_input_errors_are_one_line(data: Path, tmp_path: Path) -> None:
+    assert_input_error(run("train", DEMO_RECIPE, "--set", "optim.weight_decy=1", "--data", data),
+                       "--set: unknown key optim.weight_decy", "did you mean optim.weight_decay")
+    assert_input_error(run("train", DEMO_RECIPE, "--data", tmp_path, "--out", tmp_path / "r"),
+                       "images is missing", "DIR/images")
+    assert not (tmp_path / "r").exists()  # a start that failed on bad input leaves no run folder
+    assert_input_error(run("train", DEMO_RECIPE, "--data", data, "--out", tmp_path / "none", "--resume"),
+                       "nothing to resume")
+    assert_input_error(run("eval", DEMO_RECIPE, "--checkpoint", tmp_path / "x.safetensors", "--data", data),
+                       "does not exist")
