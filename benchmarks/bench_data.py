@@ -7,8 +7,8 @@ a ``DataLoader`` with the recipe's batch and ``--workers`` processes, pinned mem
 worker count, images/s and its ratio to ``--target`` (the trainer's images/s per GPU, e.g. from
 ``bench_train.py --device cuda``). A ratio ≥ 1 means the pipeline sustains the step rate.
 
-To show where the time goes, one process also times each stage per image: decode (JPEG + PNG), and the
-transforms.
+To show where the time goes, one process also times each stage per image: decode (JPEG + PNG), then
+each transform of the pipeline.
 
     python benchmarks/bench_data.py --workers 2 4 8 14 --target 141.8
     python benchmarks/bench_data.py --smoke         # tiny, for CI
@@ -93,17 +93,25 @@ def make_folder(root: Path, n: int, width: int, height: int) -> Path:
 
 
 def _stage_times(dataset: torch.utils.data.Dataset, n: int) -> dict[str, float]:
-    # Per image in this process: decode alone, then decode + transforms (the dataset's __getitem__).
+    # Seconds per image in this process: decode (JPEG + PNG + checks), then each transform in turn.
+    from torchvision import tv_tensors
+
     dataset[(0, 0)]  # warm-up (imports, first allocation)
-    start = time.perf_counter()
+    times: dict[str, float] = {"decode": 0.0}
     for i in range(n):
-        dataset.read(i)
-    decode = (time.perf_counter() - start) / n
-    start = time.perf_counter()
-    for i in range(n):
-        dataset[(0, i)]
-    full = (time.perf_counter() - start) / n
-    return {"decode": decode, "transforms": full - decode, "total": full}
+        start = time.perf_counter()
+        image, mask = dataset.read(i)
+        times["decode"] += time.perf_counter() - start
+        x, y = tv_tensors.Image(image), tv_tensors.Mask(mask[None])
+        torch.manual_seed(i)
+        for t in dataset.transform.transforms:
+            start = time.perf_counter()
+            x, y = t(x, y)
+            name = type(t).__name__
+            times[name] = times.get(name, 0.0) + time.perf_counter() - start
+    times = {k: v / n for k, v in times.items()}
+    times["total"] = sum(times.values())
+    return times
 
 
 def _loader_rate(dataset: torch.utils.data.Dataset, batch: int, workers: int, batches: int) -> float:
@@ -135,10 +143,8 @@ def _table(rates: dict[int, float], stages: dict[str, float], args: argparse.Nam
         f"bench_data: {args.images} JPEG {args.width}x{args.height} + PNG masks -> crop {args.crop}, "
         f"batch {args.batch}, {os.cpu_count()} CPUs"
     )
-    print(
-        f"  one process, per image: decode {1000 * stages['decode']:.1f} ms, "
-        f"transforms {1000 * stages['transforms']:.1f} ms, total {1000 * stages['total']:.1f} ms"
-    )
+    parts = ", ".join(f"{k} {1000 * v:.1f}" for k, v in stages.items())
+    print(f"  one process, ms per image: {parts}")
     print(f"{'workers':>8}{'img/s':>10}{'vs target':>11}  sustains?")
     for w, r in rates.items():
         ratio = r / args.target if args.target else float("nan")
