@@ -11,7 +11,7 @@
 #
 #   bench                        limit   what it prints
 #   env                            20 s  GPU, driver, torch, CPU count
-#   bench_train (eager)           120 s  trainer / minimal loop, fold / none, peak memory
+#   bench_train (eager)           150 s  trainer / minimal loop, fold / none, peak memory
 #   bench_data                     60 s  images/s of the JPEG/PNG pipeline with N workers vs the step rate
 #   bench_calibrate (512x512)      70 s  issue 3: measuring forward / plain forward, end-to-end images/s
 #   bench_train --compile     the rest   compile / eager (torch.compile warm-up included), at most 300 s
@@ -60,7 +60,7 @@ step env 20 bash -c "nvidia-smi --query-gpu=name,driver_version,memory.total --f
     || echo 'no nvidia-smi'; nproc; $PY -c 'import torch, torchvision, timm; \
 print(\"torch\", torch.__version__, \"torchvision\", torchvision.__version__, \"timm\", timm.__version__, \
 \"cuda\", torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else \"\")'"
-step bench_train 120 "$PY" benchmarks/bench_train.py "${TRAIN[@]}"
+step bench_train 150 "$PY" benchmarks/bench_train.py "${TRAIN[@]}"
 # The data pipeline must feed the trainer's measured step rate (fallback: the issue's H200 reference).
 TARGET=$(last_json bench_train | "$PY" -c 'import json, sys
 try:
