@@ -45,19 +45,37 @@ def main() -> None:
     a, c, f = (statistics.median(t) for t in (t_analyze, t_capture, t_forward))
     ratio = a / (c + f)
 
-    print(f"model {name} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params), "
-          f"batch {args.batch_size}x3x{size}x{size}, device {device}, frontend {frontend}, "
-          f"median of {args.repeats}")
+    print(
+        f"model {name} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params), "
+        f"batch {args.batch_size}x3x{size}x{size}, device {device}, frontend {frontend}, "
+        f"median of {args.repeats}"
+    )
     print(f"{'step':<28}{'seconds':>10}")
-    for label, value in (("bare capture", c), ("plain forward", f), ("baseline (capture+forward)", c + f),
-                         ("analyze", a)):
+    for label, value in (
+        ("bare capture", c),
+        ("plain forward", f),
+        ("baseline (capture+forward)", c + f),
+        ("analyze", a),
+    ):
         print(f"{label:<28}{value:>10.3f}")
     print(f"analyze / baseline = {ratio:.3f}  (target <= 1.5)")
-    print(json.dumps({
-        "bench": "analyze", "model": name, "device": device, "size": size, "batch": args.batch_size,
-        "frontend": frontend, "sites": len(result.sites), "analyze_s": round(a, 4),
-        "capture_s": round(c, 4), "forward_s": round(f, 4), "ratio_vs_capture_plus_forward": round(ratio, 3),
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "analyze",
+                "model": name,
+                "device": device,
+                "size": size,
+                "batch": args.batch_size,
+                "frontend": frontend,
+                "sites": len(result.sites),
+                "analyze_s": round(a, 4),
+                "capture_s": round(c, 4),
+                "forward_s": round(f, 4),
+                "ratio_vs_capture_plus_forward": round(ratio, 3),
+            }
+        )
+    )
 
 
 def _bare_capture(model: torch.nn.Module, x: torch.Tensor, frontend: str) -> object:

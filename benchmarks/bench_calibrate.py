@@ -60,8 +60,10 @@ def main() -> None:
         batches = [b.to(device) for b, _ in zip(loader, range(args.batches), strict=False)]
         sites = [s for s in find_sites(model, batches[0]) if s.ok]
         plain, measuring = throughput(model, sites, batches, args.repeats, amp)
-        e2e = end_to_end(model, folder, args, mean, std, amp)
-        conv = convergence(model, folder, args, mean, std, amp)
+        print(f"throughput: plain {plain:.1f} img/s, measuring {measuring:.1f} img/s", flush=True)
+        e2e, early = end_to_end(model, folder, args, mean, std, amp)
+        print(f"end to end: {e2e}", flush=True)
+        conv = convergence(model, folder, args, mean, std, amp, early)
 
     ratio = measuring / plain
     rows = [
@@ -135,7 +137,8 @@ def _plain(model, b, amp) -> None:
         model(b)
 
 
-def end_to_end(model, folder: Path, args, mean, std, amp) -> dict:
+def end_to_end(model, folder: Path, args, mean, std, amp) -> tuple[dict, object]:
+    """calibrate() from the folder with --workers, as the CLI runs it; images/s over all site passes."""
     loader, _ = image_loader(folder, (args.size, args.size), args.batch_size, mean, std, workers=args.workers,
                              pin_memory=args.device.startswith("cuda"))  # fmt: skip
     start = time.perf_counter()
@@ -144,15 +147,14 @@ def end_to_end(model, folder: Path, args, mean, std, amp) -> dict:
     _sync(args.device)
     elapsed = time.perf_counter() - start
     images = sum(s.images for s in result.sites)
-    return {"images": images, "images_per_s": images / elapsed}
+    return {"images": images, "images_per_s": images / elapsed}, result
 
 
-def convergence(model, folder: Path, args, mean, std, amp) -> dict:
+def convergence(model, folder: Path, args, mean, std, amp, early) -> dict:
+    """σ after convergence (``early``, from end_to_end) against σ over every image of the folder."""
     loader, _ = image_loader(folder, (args.size, args.size), args.batch_size, mean, std, workers=args.workers,
                              pin_memory=args.device.startswith("cuda"))  # fmt: skip
-    kw = {"device": args.device, "autocast_dtype": amp}
-    early = calibrate(copy.deepcopy(model), loader, tolerance=args.tolerance, **kw)
-    full = calibrate(copy.deepcopy(model), loader, tolerance=1e-12, **kw)  # every image of the folder
+    full = calibrate(copy.deepcopy(model), loader, tolerance=1e-12, device=args.device, autocast_dtype=amp)
     diffs = [
         abs(a.std / b.std - 1)
         for se, sf in zip(early.sites, full.sites, strict=True)

@@ -29,9 +29,6 @@ from eqsurgeon.sites import FusionSite, Subject
 
 MODES = ("fold", "insert")
 BIAS_CORRECTIONS = ("auto", "on", "off")
-# Norms that remove any per-channel constant, so a folded mean would be absorbed anyway. LayerNorm and
-# GroupNorm do not (they subtract a mean over channels), nor does BN on running statistics.
-_SHIFT_INVARIANT = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
 
 
 @dataclass(frozen=True)
@@ -246,7 +243,12 @@ def measure_step(
 
 
 def _equalize_site(
-    model: nn.Module, site: FusionSite, moments: Sequence[Moments], images: int, mode: str, bias: bool
+    model: nn.Module,
+    site: FusionSite,
+    moments: Sequence[Moments],
+    images: int,
+    mode: str,
+    bias: tuple[bool, str | None],
 ) -> SiteCalibration:
     if not moments or any(m.count == 0 for m in moments):
         return SiteCalibration(
@@ -259,18 +261,23 @@ def _equalize_site(
     if mode == "insert":
         insert_equalizers(model, site.layer, stats, site.channel_dim)
         return SiteCalibration(site, tuple(moments), decision.scales, "ok", None, images)
-    folded = fold_into(model, site.layer, site.op, stats, bias)
+    folded = fold_into(model, site.layer, site.op, stats, bias[0])
+    note = folded.note or (None if folded.bias_corrected else bias[1])
     return SiteCalibration(
-        site, tuple(moments), decision.scales, "ok", None, images, folded.bias_corrected, folded.note
+        site, tuple(moments), decision.scales, "ok", None, images, folded.bias_corrected, note
     )
 
 
-def _wants_bias(choice: str, next_module: nn.Module | None, bn_mode: str) -> bool:
+def _wants_bias(choice: str, next_module: nn.Module | None, bn_mode: str) -> tuple[bool, str | None]:
+    # (fold the means into the bias?, why not when not)
     if choice != "auto":
-        return choice == "on"
-    if isinstance(next_module, nn.modules.batchnorm._BatchNorm):
-        return bn_mode == "eval"  # BN on running statistics keeps a per-channel shift
-    return not isinstance(next_module, _SHIFT_INVARIANT)
+        return choice == "on", None if choice == "on" else "--bias-correction off"
+    name = type(next_module).__name__
+    if isinstance(next_module, nn.modules.batchnorm._BatchNorm) and bn_mode == "batch":
+        return False, f"{name} follows: batch statistics remove a per-channel shift"
+    if isinstance(next_module, nn.modules.instancenorm._InstanceNorm):
+        return False, f"{name} follows: it removes a per-channel shift"
+    return True, None  # BN on running statistics, LayerNorm and GroupNorm keep a per-channel shift
 
 
 def _next_modules(

@@ -215,12 +215,14 @@ def insert_equalizers(model: nn.Module, layer: str, stats: Sequence[InputStat], 
     parent = model.get_submodule(parent_name) if parent_name else model
     original = parent.get_submodule(child)
     assert not isinstance(original, EqualizedInput), f"{layer} is already equalized"
-    setattr(parent, child, EqualizedInput(original, stats, channel_dim))
+    wrapper = EqualizedInput(original, stats, channel_dim)
+    device = next((p.device for p in original.parameters()), None)
+    setattr(parent, child, wrapper if device is None else wrapper.to(device))
 
 
 def _input_layout(per_channel: torch.Tensor, weight: torch.Tensor, op: str, groups: int) -> torch.Tensor:
     # Reshape a per-input-channel vector so it broadcasts against the weight.
-    vec = per_channel.to(torch.float64)
+    vec = per_channel.to(device=weight.device, dtype=torch.float64)  # statistics live on the host
     trailing = (1,) * (weight.dim() - 2)
     if op == "linear":
         assert vec.numel() == weight.shape[1], (vec.numel(), weight.shape)

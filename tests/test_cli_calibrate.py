@@ -109,6 +109,17 @@ def test_two_runs_write_identical_bytes(images: Path, tmp_path: Path) -> None:
     assert a.read_bytes() == b.read_bytes()
 
 
+@pytest.mark.slow
+def test_zoo_model_runs_are_identical_too(images: Path, tmp_path: Path) -> None:
+    # a zoo model is randomly initialized: --seed must fix its weights as well as the image order
+    outs = [tmp_path / f"{n}.safetensors" for n in "ab"]
+    for out in outs:
+        res = run("calibrate", "upernet_tiny", "--data", images, "--out", out, "--input-size", "64x64",
+                  "--batch-size", 4, "--workers", 0, "--max-images", 8)  # fmt: skip
+        assert res.exit_code == 0, res.output
+    assert outs[0].read_bytes() == outs[1].read_bytes()
+
+
 def test_json_report(images: Path, tmp_path: Path) -> None:
     res = calib(
         "fuse_two", images, tmp_path / "o.safetensors", "--json", tmp_path / "r.json", "--max-images", 8

@@ -157,3 +157,20 @@ def test_insert_equalizers_keeps_layer_as_child_and_passes_gaps() -> None:
     torch.testing.assert_close(net(x), ref(y))
     with pytest.raises(AssertionError, match="already equalized"):
         insert_equalizers(net, "0", [InputStat((1, 3), 0.5, 2.0)])
+
+
+def test_fold_runs_where_the_weights_live() -> None:
+    # statistics are host floats; weights may sit on a GPU. The meta device catches a mix-up on CPU.
+    stats = [InputStat((0, 2), 0.5, 2.0), InputStat((2, 4), 0.1, 0.5)]
+    layers = [
+        ("conv2d", nn.Conv2d(4, 6, 3, groups=2)),
+        ("conv_transpose2d", nn.ConvTranspose2d(4, 2, 1)),
+        ("linear", nn.Linear(4, 3)),
+    ]
+    for op, layer in layers:
+        net = nn.Sequential(layer).to("meta")
+        result = fold_into(net, "0", op, stats, bias_correction=True)
+        assert result.bias_corrected and net[0].weight.device.type == "meta"
+    net = nn.Sequential(nn.Conv2d(4, 2, 1)).to("meta")
+    insert_equalizers(net, "0", stats)
+    assert {b.device.type for b in net.buffers()} == {"meta"}

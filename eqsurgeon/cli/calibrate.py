@@ -134,6 +134,9 @@ def prepare(
     device = c.resolve_device(device)
     source = scan_images(data)  # before loading the model: a bad folder fails fast
     kwargs = parse_kwargs(arg)
+    import torch
+
+    torch.manual_seed(seed)  # a freshly initialized model is part of the output: same seed, same bytes
     net = load_model(spec, kwargs)
     meta = None
     if checkpoint is not None:
@@ -173,12 +176,12 @@ def print_summary(result: Any) -> None:
         if s.status != "ok":
             c.console.print(escape(f"{head}: {s.reason}"), style="yellow", highlight=False)
             continue
-        bias = "bias corrected" if s.bias_corrected else f"bias unchanged{f' ({s.note})' if s.note else ''}"
+        bias = "bias corrected" if s.bias_corrected else f"bias unchanged{f': {s.note}' if s.note else ''}"
         table = Table(
             title=escape(f"{head}  {s.images} images, σ rel. SE {s.std_rel_se:.4f}"),
             title_justify="left",
             caption=escape(
-                f"var_ratio {s.var_ratio_before:.3f} → {s.var_ratio_after:.3f}; {bias} ({result.mode} mode)"
+                f"var_ratio {s.var_ratio_before:.3f} → {s.var_ratio_after:.3f} ({result.mode}); {bias}"
             ),
             caption_justify="left",
         )
