@@ -23,13 +23,22 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check eqsurgeon tests fixtures benchmarks
 
+# The main job on a bundled default: synthetic data → analyze → calibrate → check → train → eval (CPU, minutes).
+EQ := $(VENV)/bin/eqsurgeon
+TINY := upernet_tiny --arg num_classes=5 --input-size 64x64
 demo: $(STAMP)
-	@mkdir -p $(DEMO)
-	$(VENV)/bin/eqsurgeon analyze upernet_tiny --input-size 128x128 --json $(DEMO)/analyze.json
-	-$(VENV)/bin/eqsurgeon check upernet_tiny --input-size 128x128
+	rm -rf $(DEMO)
+	$(EQ) demo-data $(DEMO)/data
+	$(EQ) analyze $(TINY) --data $(DEMO)/data/images --batch-size 8 --batches 2 --json $(DEMO)/analyze.json
+	$(EQ) calibrate $(TINY) --data $(DEMO)/data/images --out $(DEMO)/calibrated.safetensors
+	$(EQ) check $(TINY) --checkpoint $(DEMO)/calibrated.safetensors --data $(DEMO)/data/images --batch-size 8 --batches 6
+	$(EQ) train train/recipes/demo.toml --data $(DEMO)/data --init $(DEMO)/calibrated.safetensors --out $(DEMO)/run
+	$(EQ) eval train/recipes/demo.toml --data $(DEMO)/data --checkpoint $(DEMO)/run/best.safetensors
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_analyze.py
+	$(PY) benchmarks/bench_calibrate.py
+	$(PY) benchmarks/bench_train.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

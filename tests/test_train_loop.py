@@ -29,10 +29,11 @@ def test_run_folder_holds_config_metrics_and_checkpoints(data: Path, tmp_path: P
     run = tmp_path / "run"
     assert load_config_text((run / "config.toml").read_text()) == cfg
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["iter"] for r in records if "loss" in r] == [2, 4, 6]
+    # loss lines at each log step and before each evaluation (the NaN check runs there too)
+    assert [r["iter"] for r in records if "loss" in r] == [2, 3, 4, 6]
     assert [r["iter"] for r in records if "mIoU" in r] == [3, 6]
     lrs = [r["lr"] for r in records if "loss" in r]
-    assert lrs[0] > lrs[1] > lrs[2] == 0.0  # poly decay reaches 0 at the last iteration
+    assert lrs[0] > lrs[1] > lrs[2] > lrs[3] == 0.0  # poly decay reaches 0 at the last iteration
     assert all(r["loss"] > 0 for r in records if "loss" in r)
     assert [r["phase"] for r in logs].count("eval") == 2 and "eta_s" in logs[0]
     assert [c.iteration for c in list_checkpoints(run)] == [4, 6]  # keep = 2

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from eqsurgeon.errors import CheckpointError
+from eqsurgeon.training.config import ModelConfig
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,30 @@ def load_state(files: CheckpointFiles) -> dict[str, Any]:
         raise CheckpointError(
             f"cannot read {files.state} ({exc}); delete it to resume from an older one"
         ) from None
+
+
+def weights_metadata(model: ModelConfig, iteration: int, eq_record: dict[str, Any] | None) -> dict[str, str]:
+    """Safetensors metadata of a training checkpoint: model spec, iteration, calibration record."""
+    meta = {"model": model.name, "model_kwargs": json.dumps(model.kwargs), "iteration": str(iteration)}
+    if eq_record is not None:  # the calibrated-checkpoint format, so load_model rebuilds insert mode
+        meta["eqsurgeon"] = json.dumps(eq_record, sort_keys=True, separators=(",", ":"))
+    return meta
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's RNG state (torch CPU, Python, CUDA when in use): part of every checkpoint."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -9,9 +9,7 @@ it, and each sample's augmentation is seeded by (seed, epoch, index)).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import random
 import resource
 import time
 from collections.abc import Callable
@@ -31,7 +29,10 @@ from eqsurgeon.training.checkpoint import (
     checkpoint_files,
     load_state,
     load_weights,
+    rng_state,
     save_checkpoint,
+    set_rng_state,
+    weights_metadata,
     write_json,
     write_weights,
 )
@@ -102,7 +103,11 @@ def _train(cfg: TrainConfig, resume: bool, on_log: LogFn, info: distributed.Dist
     if ckpt is not None:
         state = load_state(ckpt)
         eq_record = state.get("eq")
-        model = _restore_structure(model, eq_record)
+        if eq_record is not None and eq_record.get("mode") == "insert":
+            # insert mode added equalizer modules: rebuild them before loading their weights
+            from eqsurgeon.training.equalize import rebuild_inserted
+
+            model = rebuild_inserted(model, eq_record)
         fit_state_dict(model, load_weights(ckpt.weights)[0], ckpt.weights)
         start_iter, best_miou = int(state["iter"]), state.get("best_miou")
         if len(state["rng"]) != info.world:
@@ -145,7 +150,7 @@ def _train(cfg: TrainConfig, resume: bool, on_log: LogFn, info: distributed.Dist
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        _set_rng(state["rng"][info.rank])
+        set_rng_state(state["rng"][info.rank])
         if info.is_main:
             rundir.truncate_metrics(run_dir, start_iter)
 
@@ -168,7 +173,7 @@ def _train(cfg: TrainConfig, resume: bool, on_log: LogFn, info: distributed.Dist
         generator=torch.Generator(),  # keep the global RNG untouched by loader start-up
     )
     batches = iter(loader)
-    writer = _tensorboard(run_dir) if info.is_main else None
+    writer = rundir.open_tensorboard(run_dir) if info.is_main else None
 
     # -- the loop
     net.train()
@@ -195,8 +200,11 @@ def _train(cfg: TrainConfig, resume: bool, on_log: LogFn, info: distributed.Dist
         window_iters += 1
         done = it + 1
         last = done == cfg.schedule.iters
+        evaluating = bool(cfg.eval.interval and done % cfg.eval.interval == 0) or last
+        checkpointing = done % cfg.checkpoint.interval == 0 or last
 
-        if done % cfg.run.log_interval == 0 or last or done % cfg.checkpoint.interval == 0:
+        # The loss is checked for NaN/inf here, so never after evaluating or saving bad weights.
+        if done % cfg.run.log_interval == 0 or evaluating or checkpointing:
             mean_loss = distributed.all_reduce_sum(loss_sum / window_iters).item() / info.world
             if not math.isfinite(mean_loss):
                 raise TrainingError(
@@ -212,7 +220,7 @@ def _train(cfg: TrainConfig, resume: bool, on_log: LogFn, info: distributed.Dist
                 "peak_mem_mb": _peak_memory_mb(device),
             }
             if info.is_main:
-                _log(run_dir, writer, record)
+                rundir.log_record(run_dir, writer, record)
                 on_log(
                     {
                         **record,
@@ -223,25 +231,24 @@ def _train(cfg: TrainConfig, resume: bool, on_log: LogFn, info: distributed.Dist
             loss_sum.zero_()
             window_start, window_iters = time.perf_counter(), 0
 
-        if (cfg.eval.interval and done % cfg.eval.interval == 0) or last:
+        if evaluating:
             distributed.broadcast_buffers(raw)
             metrics = evaluate(raw, val_set, d, cfg.eval, device, cfg.run.amp, cfg.run.channels_last)
             record = {"iter": done, "mIoU": metrics.miou, "aAcc": metrics.aacc, "IoU": list(metrics.iou)}
             if info.is_main:
-                _log(run_dir, writer, record)
+                rundir.log_record(run_dir, writer, record)
                 on_log({**record, "phase": "eval"})
                 if best_miou is None or metrics.miou > best_miou:
                     best_miou = metrics.miou
-                    write_weights(
-                        run_dir / "best.safetensors", raw.state_dict(), _metadata(cfg, done, eq_record)
-                    )
+                    meta = weights_metadata(cfg.model, done, eq_record)
+                    write_weights(run_dir / "best.safetensors", raw.state_dict(), meta)
                     write_json(run_dir / "best.json", {"iter": done, "mIoU": metrics.miou})
             best_miou = distributed.broadcast_object(best_miou)
             window_start = time.perf_counter()  # evaluation time is not training throughput
 
-        if done % cfg.checkpoint.interval == 0 or last:
+        if checkpointing:
             # every rank contributes its RNG state; rank 0 writes
-            rng = distributed.gather_objects(_rng_state())
+            rng = distributed.gather_objects(rng_state())
             epoch, offset = sampler.position(done * d.batch_size)
             train_state = {
                 "iter": done,
@@ -265,7 +272,7 @@ def _train(cfg: TrainConfig, resume: bool, on_log: LogFn, info: distributed.Dist
                     done,
                     raw.state_dict(),
                     train_state,
-                    _metadata(cfg, done, eq_record),
+                    weights_metadata(cfg.model, done, eq_record),
                     cfg.checkpoint.keep,
                 )
             distributed.barrier()
@@ -320,57 +327,7 @@ def _check_classes(logits: torch.Tensor, num_classes: int) -> None:
         )
 
 
-def _restore_structure(model: nn.Module, eq_record: dict[str, Any] | None) -> nn.Module:
-    # Insert mode adds equalizer modules; a resumed run must rebuild them before loading their weights.
-    if eq_record is None or eq_record.get("mode") != "insert":
-        return model
-    from eqsurgeon.training.equalize import rebuild_inserted
-
-    return rebuild_inserted(model, eq_record)
-
-
-def _metadata(cfg: TrainConfig, iteration: int, eq_record: dict[str, Any] | None) -> dict[str, str]:
-    meta = {
-        "model": cfg.model.name,
-        "model_kwargs": json.dumps(cfg.model.kwargs),
-        "iteration": str(iteration),
-    }
-    if eq_record is not None:
-        meta["eqsurgeon"] = json.dumps(eq_record, sort_keys=True, separators=(",", ":"))
-    return meta
-
-
-def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def _set_rng(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
 def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def _log(run_dir: Path, writer: Any, record: dict[str, Any]) -> None:
-    rundir.append_metrics(run_dir, record)
-    if writer is not None:
-        for key, value in record.items():
-            if key != "iter" and isinstance(value, float):
-                writer.add_scalar(key, value, record["iter"])
-
-
-def _tensorboard(run_dir: Path) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional: pip install eqsurgeon[tensorboard]
-        return None
-    return SummaryWriter(str(run_dir / "tb"))

@@ -94,6 +94,24 @@ def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
+def log_record(run_dir: Path, writer: Any, record: dict[str, Any]) -> None:
+    """Append ``record`` to metrics.jsonl and, with a TensorBoard writer, add its float scalars."""
+    append_metrics(run_dir, record)
+    if writer is not None:
+        for key, value in record.items():
+            if key != "iter" and isinstance(value, float):
+                writer.add_scalar(key, value, record["iter"])
+
+
+def open_tensorboard(run_dir: Path) -> Any:
+    """A SummaryWriter on ``run_dir/tb`` when tensorboard is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional: pip install eqsurgeon[tensorboard]
+        return None
+    return SummaryWriter(str(run_dir / "tb"))
+
+
 def truncate_metrics(run_dir: Path, iteration: int) -> None:
     """Drop metric lines past ``iteration``: a resumed run logs those iterations again."""
     path = run_dir / METRICS_NAME
