@@ -21,18 +21,23 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import torch
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eqsurgeon.calibration import calibrate, measure_step
+from eqsurgeon.calibration import CalibrationResult, calibrate, measure_step
 from eqsurgeon.data.images import image_loader, model_normalization
 from eqsurgeon.loading import load_model
 from eqsurgeon.measure import MomentHooks, measuring_mode
-from eqsurgeon.sites import find_sites
+from eqsurgeon.sites import FusionSite, find_sites
 from fixtures.calibration import make_images
+
+Norm = tuple[float, ...] | None
 
 
 def main() -> None:
@@ -107,7 +112,13 @@ def main() -> None:
     )
 
 
-def throughput(model, sites, batches, repeats: int, amp) -> tuple[float, float]:
+def throughput(
+    model: nn.Module,
+    sites: list[FusionSite],
+    batches: list[torch.Tensor],
+    repeats: int,
+    amp: torch.dtype | None,
+) -> tuple[float, float]:
     """Images/s of a plain forward and of calibrate's measuring forward (``measure_step``: moment hooks
     on one site, moments pooled and the σ standard error checked after the batch).
 
@@ -132,12 +143,14 @@ def throughput(model, sites, batches, repeats: int, amp) -> tuple[float, float]:
     return images / plain, images / measuring
 
 
-def _plain(model, b, amp) -> None:
+def _plain(model: nn.Module, b: torch.Tensor, amp: torch.dtype | None) -> None:
     with _autocast(b, amp):
         model(b)
 
 
-def end_to_end(model, folder: Path, args, mean, std, amp) -> tuple[dict, object]:
+def end_to_end(
+    model: nn.Module, folder: Path, args: argparse.Namespace, mean: Norm, std: Norm, amp: torch.dtype | None
+) -> tuple[dict, CalibrationResult]:
     """calibrate() from the folder with --workers, as the CLI runs it; images/s over all site passes."""
     loader, _ = image_loader(folder, (args.size, args.size), args.batch_size, mean, std, workers=args.workers,
                              pin_memory=args.device.startswith("cuda"))  # fmt: skip
@@ -150,7 +163,15 @@ def end_to_end(model, folder: Path, args, mean, std, amp) -> tuple[dict, object]
     return {"images": images, "images_per_s": images / elapsed}, result
 
 
-def convergence(model, folder: Path, args, mean, std, amp, early) -> dict:
+def convergence(
+    model: nn.Module,
+    folder: Path,
+    args: argparse.Namespace,
+    mean: Norm,
+    std: Norm,
+    amp: torch.dtype | None,
+    early: CalibrationResult,
+) -> dict:
     """σ after convergence (``early``, from end_to_end) against σ over every image of the folder."""
     loader, _ = image_loader(folder, (args.size, args.size), args.batch_size, mean, std, workers=args.workers,
                              pin_memory=args.device.startswith("cuda"))  # fmt: skip
@@ -167,7 +188,7 @@ def convergence(model, folder: Path, args, mean, std, amp, early) -> dict:
     }
 
 
-def _timed(fn, like: torch.Tensor) -> float:
+def _timed(fn: Callable[[], object], like: torch.Tensor) -> float:
     _sync(like.device.type)
     start = time.perf_counter()
     fn()
@@ -180,7 +201,7 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _autocast(b: torch.Tensor, amp):
+def _autocast(b: torch.Tensor, amp: torch.dtype | None) -> AbstractContextManager:
     from contextlib import nullcontext
 
     return torch.autocast(b.device.type, dtype=amp) if amp is not None else nullcontext()

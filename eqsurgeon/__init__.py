@@ -1,10 +1,11 @@
 """eqsurgeon: find and repair scale disequilibrium at the feature-fusion sites of segmentation networks.
 
 >>> import eqsurgeon
->>> sorted(n for n in eqsurgeon.__all__ if n[0].islower())[:3]
-['find_sites', 'load_model', 'measure']
+>>> [n for n in eqsurgeon.__all__ if n in ('find_sites', 'measure', 'load')]
+['find_sites', 'load', 'measure']
 """
 
+from eqsurgeon.checkpoint import load
 from eqsurgeon.loading import load_model
 from eqsurgeon.measure import Measurement, MomentHooks, Moments, measure
 from eqsurgeon.modules import ScaleEqualizer
@@ -23,6 +24,7 @@ __all__ = [
     "Subject",
     "Upsample",
     "find_sites",
+    "load",
     "load_model",
     "measure",
     "register_autowrap_function",

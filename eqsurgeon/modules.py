@@ -16,9 +16,9 @@ class ScaleEqualizer(nn.Module):
         mean: global mean of the feature, measured on training images.
         std: global standard deviation of the feature; must be positive and finite.
 
-    >>> eq = ScaleEqualizer(0.4, 0.5)
-    >>> eq(torch.full((1, 2), 0.9))
-    tensor([[1., 1.]])
+    >>> eq = ScaleEqualizer(0.5, 0.25)
+    >>> eq(torch.ones(1, 2))
+    tensor([[2., 2.]])
     """
 
     def __init__(self, mean: float = 0.0, std: float = 1.0) -> None:

@@ -166,7 +166,7 @@ def _detect(root: Path) -> str:
     raise DataError(
         f"{root} matches no known dataset layout: expected images/ + masks/ (generic), "
         "ADEChallengeData2016/, leftImg8bit/ + gtFine/, or JPEGImages/ + SegmentationClass[Aug]/; "
-        "see docs/train.md"
+        "see the README, eqsurgeon train, Data"
     )
 
 

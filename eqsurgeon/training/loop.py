@@ -62,7 +62,7 @@ class TrainResult:
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, on_log: LogFn | None = None) -> TrainResult:
-    """Train ``cfg``'s model on its data; see docs/train.md for the recipe keys and the run folder.
+    """Train ``cfg``'s model on its data (recipe keys and the run folder: README, `eqsurgeon train`).
 
     Args:
         cfg: the resolved recipe.
