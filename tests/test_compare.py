@@ -94,3 +94,14 @@ def test_compare_under_torchrun_two_ranks(data: Path, tmp_path: Path) -> None:
     doc = json.loads((out / "compare.json").read_text())
     assert sorted(r["mode"] for r in doc["runs"]) == ["fold", "insert", "none"]
     assert (out / "miou_curves.png").is_file()
+
+
+def test_train_notes_a_gpu_count_that_changes_the_total_batch(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    sets = quick(data, out, "schedule.iters=1", "eval.interval=0", "run.gpus=4", model="upernet_tiny")[1:]
+    result = runner.invoke(app, ["train", str(DEMO_RECIPE), *_sets(sets)])
+    assert result.exit_code == 0, result.output
+    assert "written for 4 GPUs (total batch 16)" in " ".join(result.output.split())
+    quiet = runner.invoke(app, ["train", str(DEMO_RECIPE), *_sets([*sets[:-1], f'run.out="{tmp_path / "b"}"',
+                                                                    "run.gpus=1"])])  # fmt: skip
+    assert quiet.exit_code == 0 and "written for" not in quiet.output

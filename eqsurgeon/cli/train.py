@@ -47,8 +47,12 @@ def train(
     cfg = load_config(
         recipe, recipe_overrides(set_, data=data, init=init, out=out, seed=seed, compile_=compile_)
     )
+    from eqsurgeon.cli.train_compare import batch_note, run_compare
+
+    note = batch_note(cfg)
+    if note:
+        console.print(note)
     if compare:  # --out is the comparison folder: one run folder per (mode, seed) inside
-        from eqsurgeon.cli.train_compare import run_compare
 
         run_compare(cfg, seeds, resume)
         return

@@ -36,6 +36,22 @@ def run_compare(cfg: TrainConfig, seeds: int, resume: bool) -> Comparison:
     return result
 
 
+def batch_note(cfg: TrainConfig) -> str:
+    """A warning when the GPU count differs from the recipe's ``run.gpus``: the total batch changed.
+
+    Only rank 0 gets the note; "" when there is nothing to say.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if not cfg.run.gpus or world == cfg.run.gpus or int(os.environ.get("RANK", "0")) != 0:
+        return ""
+    return (
+        f"[yellow]note:[/yellow] the recipe is written for {cfg.run.gpus} GPUs "
+        f"(total batch {cfg.data.batch_size * cfg.run.gpus}) but runs on {world} process(es): total batch "
+        f"{cfg.data.batch_size * world}. To keep the recipe's, set data.batch_size; set run.gpus={world} "
+        "to silence this note."
+    )
+
+
 def compare_table(result: Comparison) -> Table:
     """The paper's layout: w/o EQ, w/ EQ, Diff (mIoU %, mean ± std over seeds), one row per mode."""
     n = len(result.seeds)
