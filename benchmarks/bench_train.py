@@ -11,7 +11,8 @@ All runs use the same model, batch, input size and AMP setting, with data alread
   shape, so the target is 1.00 ± noise.
 - ``trainer compile`` (``--compile``): ``run.compile = true``, compared with eager.
 
-Runs alternate and repeat (``--repeats``). Each run is cut into timing windows (``--window`` iterations,
+Runs alternate, in an order rotated every repeat, and repeat (``--repeats``). Each run is cut into
+timing windows (``--window`` iterations,
 the first dropped as warm-up); a variant's figure is its best window over all runs, as ``timeit`` takes
 the fastest repeat, because a machine shared with other work only ever slows a window down. The
 medians are printed too. CPU default: upernet_tiny, batch 8, 64×64, fp32. ``--device cuda``:
@@ -77,8 +78,11 @@ def main() -> None:
         variants["trainer compile"] = ["run.compile=true"]
     results: dict[str, list[float]] = {name: [] for name in variants}
     peak: dict[str, float] = {}
-    for _ in range(args.repeats):
-        for name, extra in variants.items():
+    order = list(variants.items())
+    for r in range(args.repeats):
+        # Rotate the order each repeat: a variant that always ran last would carry position effects
+        # (allocator growth, warm caches) into its figure.
+        for name, extra in order[r % len(order) :] + order[: r % len(order)]:
             if extra is None:
                 rates, mem = _minimal(sets, iters, args.window)
             else:
