@@ -27,3 +27,17 @@ def quick(data: Path, out: Path, *extra: str, model: str = TINY) -> list[str]:
         "run.log_interval=2",
         *extra,
     ]
+
+
+def truncated_copy(run: Path, dest: Path, after: int) -> Path:
+    """Copy a run folder as it stood when the run died after iteration ``after``."""
+    import shutil
+
+    from eqsurgeon.training.checkpoint import list_checkpoints
+
+    shutil.copytree(run, dest)
+    for c in list_checkpoints(dest):
+        if c.iteration > after:
+            c.weights.unlink()
+            c.state.unlink()
+    return dest

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -12,11 +11,11 @@ import torch
 from eqsurgeon.checkpoint import CalibrationMeta
 from eqsurgeon.data.demo import make_demo_data
 from eqsurgeon.errors import CheckpointError
-from eqsurgeon.training.checkpoint import list_checkpoints, load_weights
+from eqsurgeon.training.checkpoint import load_weights
 from eqsurgeon.training.config import load_config
 from eqsurgeon.training.evaluate import evaluate_checkpoint
 from eqsurgeon.training.loop import train
-from tests._train_helpers import DEMO_RECIPE, quick
+from tests._train_helpers import DEMO_RECIPE, quick, truncated_copy
 
 ZOO = "upernet_tiny"
 
@@ -50,12 +49,7 @@ def test_insert_mode_resumes_bit_exactly_and_evaluates(data: Path, tmp_path: Pat
     full = train(load_config(DEMO_RECIPE, args))
     weights, _ = load_weights(full.weights)
     assert any(".equalizers." in k for k in weights)
-    part = tmp_path / "part"
-    shutil.copytree(tmp_path / "full", part)
-    for c in list_checkpoints(part):
-        if c.iteration > 2:
-            c.weights.unlink()
-            c.state.unlink()
+    part = truncated_copy(tmp_path / "full", tmp_path / "part", after=2)
     resumed = train(load_config(DEMO_RECIPE, _eq(data, part, "insert", "checkpoint.keep=3")), resume=True)
     again, _ = load_weights(resumed.weights)
     assert all(torch.equal(weights[k], again[k]) for k in weights)

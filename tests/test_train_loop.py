@@ -14,7 +14,7 @@ from eqsurgeon.errors import DataError, OutputExistsError, RecipeError, Training
 from eqsurgeon.training.checkpoint import list_checkpoints, load_state, load_weights
 from eqsurgeon.training.config import load_config, load_config_text
 from eqsurgeon.training.loop import train
-from tests._train_helpers import DEMO_RECIPE, TINY, quick
+from tests._train_helpers import DEMO_RECIPE, TINY, quick, truncated_copy
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +50,7 @@ def test_run_folder_holds_config_metrics_and_checkpoints(data: Path, tmp_path: P
 def test_resume_from_a_checkpoint_is_bit_exact(data: Path, tmp_path: Path) -> None:
     full = train(load_config(DEMO_RECIPE, quick(data, tmp_path / "full", "checkpoint.keep=3")))
     # Pretend the run died after iteration 4: keep only what existed then.
-    part = tmp_path / "part"
-    shutil.copytree(tmp_path / "full", part)
-    for c in list_checkpoints(part):
-        if c.iteration > 4:
-            c.weights.unlink()
-            c.state.unlink()
+    part = truncated_copy(tmp_path / "full", tmp_path / "part", after=4)
     resumed = train(load_config(DEMO_RECIPE, quick(data, part, "checkpoint.keep=3")), resume=True)
     a, _ = load_weights(full.weights)
     b, _ = load_weights(resumed.weights)
