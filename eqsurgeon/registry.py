@@ -65,9 +65,27 @@ def upsample_functions() -> dict[Callable[..., object], str]:
     return dict(_UPSAMPLE_FUNCTIONS)
 
 
+# Library blocks that symbolic tracing cannot enter and that hold no fusion site, named so that their
+# libraries stay optional. Swin's block builds its shifted-window mask by item assignment on a tensor.
+_KNOWN_LEAVES = ("timm.models.swin_transformer.SwinTransformerBlock",)
+
+
 def _timm_notrace() -> tuple[set[type[nn.Module]], set[Callable[..., object]]]:
     try:
         from timm.models._features_fx import get_notrace_functions, get_notrace_modules
     except ImportError:  # timm is optional for capture
         return set(), set()
-    return set(get_notrace_modules()), set(get_notrace_functions())
+    return set(get_notrace_modules()) | _known_leaves(), set(get_notrace_functions())
+
+
+def _known_leaves() -> set[type[nn.Module]]:
+    import importlib
+
+    found = set()
+    for path in _KNOWN_LEAVES:
+        module, _, name = path.rpartition(".")
+        try:
+            found.add(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):  # another version of the library: keep tracing into it
+            continue
+    return found

@@ -80,3 +80,15 @@ def test_registered_upsample_function_is_one_node_with_its_mode():
     finally:
         registry._UPSAMPLE_FUNCTIONS.pop(my_upsample)
         registry._AUTOWRAP_FUNCTIONS.discard(my_upsample)
+
+
+def test_timm_swin_blocks_are_known_leaves_so_fx_captures_swin():
+    from eqsurgeon.models import create_model
+
+    model = create_model("upernet_swin_tiny", num_classes=4, aux_head=False).eval()
+    x = torch.randn(2, 3, 64, 64)
+    cap = capture(model, x)
+    assert (cap.frontend, cap.fx_error) == ("fx", None)
+    with torch.no_grad():
+        torch.testing.assert_close(cap.as_module()(x), model(x), rtol=0, atol=0)
+    assert [len(s.subjects) for s in find_sites(model, x)] == [5, 4]
