@@ -71,12 +71,12 @@ def _to_json(rows: list[ModelSummary]) -> dict[str, object]:
 def _table(rows: list[ModelSummary]) -> Table:
     h, w = FLOPS_SIZE
     table = Table(title="eqsurgeon model zoo (150 classes, auxiliary head included)")
-    table.add_column("name", style="bold")
+    table.add_column("name", style="bold", no_wrap=True)  # the name is what users copy: never cut it
     table.add_column("params (M)", justify="right")
     table.add_column(f"GFLOPs {h}x{w}", justify="right")
     table.add_column("sites", justify="right")
-    table.add_column("paper")
-    table.add_column("mmseg config")
+    table.add_column("paper", no_wrap=True)
+    table.add_column("mmseg config", overflow="fold")
     for r in rows:
         table.add_row(
             r.name,
