@@ -113,10 +113,7 @@ def test_resolved_recipe_matches_the_paper_table(name: str) -> None:
 
 
 def test_stage_wise_decay_on_the_convnext_recipe() -> None:
-    cfg = load_config(RECIPES / "upernet_convnext_tiny_ade20k.toml", OFFLINE)
-    with torch.device("meta"):
-        model = build_model(cfg.model)
-    groups = build_optimizer(model, cfg.optim).param_groups
+    groups = _param_groups("upernet_convnext_tiny_ade20k")
     lr_of = {n: g["lr"] for g in groups for n in g["param_names"]}
     wd_of = {n: g["weight_decay"] for g in groups for n in g["param_names"]}
     # num_layers 6 + 2 = 8: stem/downsamples 0.9^7, stage i 0.9^(6 - i), head and out norms 1
@@ -132,10 +129,7 @@ def test_stage_wise_decay_on_the_convnext_recipe() -> None:
 
 
 def test_swin_recipe_decays_biases_but_not_norms_or_position_tables() -> None:
-    cfg = load_config(RECIPES / "upernet_swin_tiny_ade20k.toml", OFFLINE)
-    with torch.device("meta"):
-        model = build_model(cfg.model)
-    groups = build_optimizer(model, cfg.optim).param_groups
+    groups = _param_groups("upernet_swin_tiny_ade20k")
     wd_of = {n: g["weight_decay"] for g in groups for n in g["param_names"]}
     table = next(n for n in wd_of if "relative_position_bias_table" in n)
     assert wd_of[table] == 0.0
@@ -192,3 +186,11 @@ def test_recipe_builds_and_trains_two_iterations(name: str) -> None:
     else:  # poly 0.9 from lr to min_lr over the (full-length) schedule: 2 of 2 iterations done
         expected = cfg.schedule.min_lr
     assert optimizer.param_groups[0]["lr"] == pytest.approx(expected, rel=1e-6)
+
+
+def _param_groups(recipe: str) -> list[dict]:
+    """The optimizer parameter groups a recipe builds, on the meta device (no weights, no compute)."""
+    cfg = load_config(RECIPES / f"{recipe}.toml", OFFLINE)
+    with torch.device("meta"):
+        model = build_model(cfg.model)
+    return build_optimizer(model, cfg.optim).param_groups
