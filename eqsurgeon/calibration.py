@@ -3,8 +3,8 @@
 Sites are handled one at a time in topological order (``find_sites`` order). Equalizing a site changes
 everything downstream of it, so each site gets its own measuring pass over ``batches``, run after every
 earlier site was folded or wrapped. A pass stops when the relative standard error of every input's σ,
-estimated from the spread of per-batch σ, is below ``tolerance`` (after ``min_batches``), or at
-``max_images``.
+estimated across batches (delta method on each batch's mean and variance), is below ``tolerance``
+with 95% confidence (``Moments.std_rel_se_bound``; after ``min_batches``), or at ``max_images``.
 
     pass 1: measure site A ──▶ fold A        pass 2: measure site B (sees A folded) ──▶ fold B
 """
@@ -40,7 +40,7 @@ class Progress:
     layer: str
     images: int
     max_images: int | None
-    std_rel_se: float  # worst over the site's inputs
+    std_rel_se_bound: float  # worst 95% bound over the site's inputs: what is compared with the tolerance
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,10 @@ class SiteCalibration:
     @property
     def std_rel_se(self) -> float:
         return max((m.std_rel_se for m in self.moments), default=math.inf)
+
+    @property
+    def std_rel_se_bound(self) -> float:
+        return max((m.std_rel_se_bound for m in self.moments), default=math.inf)
 
     @property
     def var_ratio_before(self) -> float | None:
@@ -119,7 +123,8 @@ def calibrate(
             right after the fusing layer removes per-channel constants anyway (BatchNorm on batch
             statistics, InstanceNorm). Never for insert mode, whose equalizers subtract μ themselves.
         bn_mode: "auto", "batch" or "eval" (see ``eqsurgeon.measure.measuring_mode``).
-        tolerance: stop a pass when every input's σ has a relative standard error below this.
+        tolerance: stop a pass when every input's σ has a relative standard error below this, with 95%
+            confidence (the estimated standard error times a chi-square factor for the batches seen).
         max_images: stop a pass after this many images, converged or not.
         min_batches: batches a pass measures at least, so the standard error itself is not a fluke (its own
             relative uncertainty is about 1/sqrt(2 (batches − 1)): 41% at 4 batches, 27% at 8).
@@ -186,7 +191,7 @@ def calibrate(
     if not equalized:
         reasons = "; ".join(f"{s.site.layer}: {s.reason}" for s in results)
         raise EqSurgeonError(f"no site could be equalized ({reasons}); check the model and the images")
-    converged = all(s.std_rel_se < tolerance for s in equalized)
+    converged = all(s.std_rel_se_bound < tolerance for s in equalized)
     return CalibrationResult(results, mode, resolved, bias_correction, tolerance, converged)
 
 
@@ -231,7 +236,8 @@ def measure_step(
     autocast_dtype: torch.dtype | None = None,
     reduce: Callable[[MeasureState], MeasureState] | None = None,
 ) -> tuple[MeasureState, float]:
-    """One measuring forward: run the batch under ``hooks``, pool, and return the worst σ rel. SE.
+    """One measuring forward: run the batch under ``hooks``, pool, and return the worst bound on a σ's
+    relative standard error (``Moments.std_rel_se_bound``).
 
     This is the unit the benchmark times against a plain forward.
     """
@@ -240,7 +246,7 @@ def measure_step(
     state = MeasureState(images, hooks.moments())
     if reduce is not None:
         state = reduce(state)
-    return state, max(m.std_rel_se for m in state.moments[layer])
+    return state, max(m.std_rel_se_bound for m in state.moments[layer])
 
 
 def _equalize_site(

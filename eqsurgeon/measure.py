@@ -29,8 +29,8 @@ class Moments:
         mean: global mean.
         var: global (population) variance.
         batches: forwards the statistics were pooled over.
-        std_rel_se: relative standard error of ``std``, estimated from the spread of per-batch stds
-            (``inf`` with fewer than two batches).
+        std_rel_se: relative standard error of ``std``, estimated across batches by the delta method
+            from each batch's mean and variance (``inf`` with fewer than two batches).
     """
 
     count: int
@@ -42,6 +42,25 @@ class Moments:
     @property
     def std(self) -> float:
         return math.sqrt(self.var) if self.var > 0 else 0.0
+
+    @property
+    def std_rel_se_bound(self) -> float:
+        """A 95% upper confidence bound on the true relative standard error of ``std``.
+
+        ``std_rel_se`` is itself estimated from ``batches`` batches (a chi-square with batches − 1
+        degrees of freedom), and a rule that stops at the first batch where it dips below a tolerance
+        stops early on an underestimate. Calibrate stops on this bound instead: ×1.8 at 8 batches,
+        ×1.3 at 30, ×1.1 at 300.
+
+        >>> round(Moments(100, 0.0, 1.0, 8, 0.01).std_rel_se_bound, 4)
+        0.018
+        """
+        k = self.batches - 1
+        if k < 1 or not math.isfinite(self.std_rel_se):
+            return math.inf
+        # Wilson–Hilferty: the 5% quantile of chi-square(k), within 1% of the exact value for k >= 7.
+        q = k * (1 - 2 / (9 * k) - 1.6449 * math.sqrt(2 / (9 * k))) ** 3
+        return self.std_rel_se * math.sqrt(k / q) if q > 0 else math.inf
 
 
 @dataclass(frozen=True)
@@ -170,16 +189,19 @@ class MomentHooks:
 
 
 class _Accumulator:
-    """Chan et al.'s parallel merge of (count, mean, M2) in Python floats (float64)."""
+    """Chan et al.'s parallel merge of (count, mean, M2) in Python floats (float64), plus each batch's
+    (count, mean, variance) for the standard error of the pooled std."""
 
     def __init__(self) -> None:
         self.n = 0
         self.mean = 0.0
         self.m2 = 0.0
-        self.batches = 0
-        self._std_mean = 0.0  # Welford over per-batch stds, for the standard error
-        self._std_m2 = 0.0
+        self.per_batch: list[tuple[int, float, float]] = []  # (n, mean, var) of each absorbed batch
         self.pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (n, mean, var) per batch
+
+    @property
+    def batches(self) -> int:
+        return len(self.per_batch)
 
     def add(self, x: torch.Tensor) -> None:
         n = x.numel()
@@ -191,27 +213,35 @@ class _Accumulator:
         self.pending.append((n, *batch_moments(x, one_pass=x.is_cuda)))
 
     def absorb(self, n: int, mean_b: float, var_b: float) -> None:
-        m2_b = max(var_b, 0.0) * n
+        var_b = max(var_b, 0.0)
         delta = mean_b - self.mean
         total = self.n + n
         self.mean += delta * n / total
-        self.m2 += m2_b + delta * delta * self.n * n / total
+        self.m2 += var_b * n + delta * delta * self.n * n / total
         self.n = total
-        self.batches += 1
-        std_b = math.sqrt(m2_b / n)
-        d = std_b - self._std_mean
-        self._std_mean += d / self.batches
-        self._std_m2 += d * (std_b - self._std_mean)
+        self.per_batch.append((n, mean_b, var_b))
 
     def moments(self) -> Moments:
         if self.n == 0:
             return Moments(0, math.nan, math.nan, 0)
         var = self.m2 / self.n
-        rel_se = math.inf
-        if self.batches > 1 and self._std_mean > 0:
-            spread = math.sqrt(self._std_m2 / (self.batches - 1))
-            rel_se = spread / math.sqrt(self.batches) / self._std_mean
-        return Moments(self.n, self.mean, var, self.batches, rel_se)
+        return Moments(self.n, self.mean, var, self.batches, self._std_rel_se(var))
+
+    def _std_rel_se(self, var: float) -> float:
+        """Delta-method standard error of the pooled std, relative to it, with batches as the units.
+
+        The pooled variance is the count-weighted mean of each batch's second moment about the global
+        mean, c_b = var_b + (mean_b - mean)², and (to first order) the global mean's own error does not
+        move it. So var's standard error is that of a weighted mean of the c_b, and std's relative error
+        is half var's. Counting the (mean_b - mean)² term matters: features such as a pyramid-pooling
+        branch vary mostly between images, which a spread of per-batch stds alone does not see.
+        """
+        b = self.batches
+        if b < 2 or var <= 0:
+            return math.inf
+        spread = sum((n * (v + (m - self.mean) ** 2 - var)) ** 2 for n, m, v in self.per_batch)
+        var_se = math.sqrt(spread * b / (b - 1)) / self.n
+        return var_se / (2 * var)
 
 
 def batch_moments(x: torch.Tensor, one_pass: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

@@ -54,6 +54,26 @@ def test_std_standard_error_shrinks_with_batches():
     assert single.moments[""][0].std_rel_se == math.inf
 
 
+def test_std_standard_error_matches_the_spread_of_repeated_estimates():
+    """Each batch is one image that is nearly constant (a pyramid-pooling branch upsampled from 1×1):
+    σ varies mostly between images, not within a batch. The reported standard error must match how
+    much σ really varies from one folder of such images to the next (a spread of per-batch stds alone
+    would report about a tenth of it)."""
+    conv = nn.Conv2d(1, 1, 1)
+    gen = torch.Generator().manual_seed(3)
+    stds, ses = [], []
+    for _ in range(300):
+        level = torch.randn(24, generator=gen)  # one value per image, then a little pixel noise
+        images = [lv + 0.2 * torch.randn(1, 1, 8, 8, generator=gen) for lv in level]
+        m = measure(conv, [_site(1)], images).moments[""][0]
+        stds.append(m.std)
+        ses.append(m.std_rel_se)
+    stds = torch.tensor(stds, dtype=torch.float64)
+    observed = (stds.std() / stds.mean()).item()
+    predicted = torch.tensor(ses).median().item()
+    assert predicted == pytest.approx(observed, rel=0.2)
+
+
 def test_hooks_are_removed_on_exit():
     conv = nn.Conv2d(2, 1, 1)
     with MomentHooks(conv, [_site(1, 1)]):

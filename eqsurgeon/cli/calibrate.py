@@ -21,7 +21,8 @@ BiasOpt = Annotated[
     str, typer.Option("--bias-correction", help="auto (unless BN/InstanceNorm follows), on or off")
 ]
 ToleranceOpt = Annotated[
-    float, typer.Option("--tolerance", help="stop when every σ's relative standard error is below this")
+    float,
+    typer.Option("--tolerance", help="stop when every σ's relative standard error is below this (95% sure)"),
 ]
 ForceOpt = Annotated[bool, typer.Option("--force", help="overwrite --out; calibrate an equalized checkpoint")]
 AmpOpt = Annotated[
@@ -211,7 +212,7 @@ class _ProgressBar:
         self.total = min(images, max_images or images)
         self.bar = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]} img/s  σ SE {task.fields[se]}"), TimeRemainingColumn(),
+            TextColumn("{task.fields[rate]} img/s  σ SE ≤ {task.fields[se]}"), TimeRemainingColumn(),
             console=c.console, transient=False,
         )  # fmt: skip
         self.tasks: dict[int, Any] = {}
@@ -232,7 +233,7 @@ class _ProgressBar:
             self.start = self.last  # this pass began when the previous report (or the bar) ended
         self.last = time.perf_counter()
         rate = p.images / max(self.last - self.start, 1e-9)
-        se = f"{p.std_rel_se:.4f}" if p.std_rel_se < float("inf") else "-"
+        se = f"{p.std_rel_se_bound:.4f}" if p.std_rel_se_bound < float("inf") else "-"
         self.bar.update(self.tasks[p.site], completed=min(p.images, self.total), rate=f"{rate:.1f}", se=se)
 
 
