@@ -207,7 +207,6 @@ class _Accumulator:
         n = x.numel()
         if n == 0:
             return
-        x = x.float()
         # Kept on the device: converting to Python floats here would stall the GPU mid-forward twice
         # per subject. ``MomentHooks.moments()`` absorbs them all after one sync.
         self.pending.append((n, *batch_moments(x, one_pass=x.is_cuda)))
@@ -247,16 +246,24 @@ class _Accumulator:
 def batch_moments(x: torch.Tensor, one_pass: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and population variance of all of ``x`` as float64 0-dim tensors on ``x``'s device.
 
-    ``one_pass`` reads the data once (``torch.var_mean``: Welford, float32 on CUDA), the cheapest on a
-    GPU, where a sum and a sum of squares read it three times and write a squared copy. On a CPU those
-    two float64 sums are faster (4x here) and exact to float64 for features whose |mean| is not >> std.
+    ``one_pass`` is for a GPU, where reading the data is the whole cost. float32 ``x`` is read once
+    (``torch.var_mean``: Welford), not three times (a sum and a sum of squares, which also writes a
+    squared copy). float16/bfloat16 ``x`` (autocast) is never copied to float32: a float32 sum and a
+    float32 2-norm read it in its own dtype (CUDA's mixed-precision reductions cast on the fly), two
+    reads of half the bytes. On a CPU two float64 sums are faster (4x here) and exact to float64 for
+    features whose |mean| is not >> std.
 
     >>> [round(float(t), 6) for t in batch_moments(torch.tensor([1.0, 2.0, 3.0, 4.0]), one_pass=True)]
     [2.5, 1.25]
     """
-    if one_pass:
-        var, mean = torch.var_mean(x, correction=0)
-        return mean.double(), var.double()
     n = x.numel()
+    if one_pass and x.dtype in (torch.float16, torch.bfloat16):
+        mean = x.sum(dtype=torch.float32).double() / n
+        square = torch.linalg.vector_norm(x, dtype=torch.float32).double().square() / n
+        return mean, square - mean * mean
+    if one_pass:
+        var, mean = torch.var_mean(x.float(), correction=0)
+        return mean.double(), var.double()
+    x = x.float()
     mean = x.sum(dtype=torch.float64) / n
     return mean, x.square().sum(dtype=torch.float64) / n - mean * mean

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from eqsurgeon.measure import MomentHooks, measure, measuring_mode, resolve_bn_mode
+from eqsurgeon.measure import MomentHooks, batch_moments, measure, measuring_mode, resolve_bn_mode
 from eqsurgeon.sites import FusionSite, Subject, find_sites
 from fixtures.models import iid_pyramid
 
@@ -72,6 +72,20 @@ def test_std_standard_error_matches_the_spread_of_repeated_estimates():
     observed = (stds.std() / stds.mean()).item()
     predicted = torch.tensor(ses).median().item()
     assert predicted == pytest.approx(observed, rel=0.2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("one_pass", [False, True])
+def test_batch_moments_of_autocast_dtypes_match_float64(dtype, one_pass):
+    """Under autocast the fusing layer's input is float16/bfloat16; its moments are still accumulated
+    in float32 or better (one_pass: the GPU path, which reads the tensor without a float32 copy)."""
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(4, 6, 16, 16, generator=gen) * 0.7 + 0.5).relu().to(dtype)[:, 2:5]  # a channel slice
+    exact = x.double()
+    mean, var = batch_moments(x, one_pass=one_pass)
+    assert mean.dtype == var.dtype == torch.float64
+    assert mean.item() == pytest.approx(exact.mean().item(), rel=1e-5)
+    assert var.item() == pytest.approx(exact.var(unbiased=False).item(), rel=1e-5)
 
 
 def test_hooks_are_removed_on_exit():
