@@ -248,22 +248,33 @@ def batch_moments(x: torch.Tensor, one_pass: bool = False) -> tuple[torch.Tensor
 
     ``one_pass`` is for a GPU, where reading the data is the whole cost. float32 ``x`` is read once
     (``torch.var_mean``: Welford), not three times (a sum and a sum of squares, which also writes a
-    squared copy). float16/bfloat16 ``x`` (autocast) is never copied to float32: a float32 sum and a
-    float32 2-norm read it in its own dtype (CUDA's mixed-precision reductions cast on the fly), two
-    reads of half the bytes. On a CPU two float64 sums are faster (4x here) and exact to float64 for
+    squared copy). float16/bfloat16 ``x`` (autocast) on CUDA is never copied to float32: see
+    ``_low_precision_moments``. On a CPU two float64 sums are faster (4x here) and exact to float64 for
     features whose |mean| is not >> std.
 
     >>> [round(float(t), 6) for t in batch_moments(torch.tensor([1.0, 2.0, 3.0, 4.0]), one_pass=True)]
     [2.5, 1.25]
     """
     n = x.numel()
-    if one_pass and x.dtype in (torch.float16, torch.bfloat16):
-        mean = x.sum(dtype=torch.float32).double() / n
-        square = torch.linalg.vector_norm(x, dtype=torch.float32).double().square() / n
-        return mean, square - mean * mean
+    if one_pass and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16):
+        return _low_precision_moments(x)
     if one_pass:
         var, mean = torch.var_mean(x.float(), correction=0)
         return mean.double(), var.double()
     x = x.float()
     mean = x.sum(dtype=torch.float64) / n
     return mean, x.square().sum(dtype=torch.float64) / n - mean * mean
+
+
+def _low_precision_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and variance of a float16/bfloat16 CUDA tensor from a float32 sum and a float32 2-norm.
+
+    CUDA's mixed-precision reductions read the tensor in its own dtype and accumulate in float32
+    (tree-wise), so nothing is copied: two reads of half the bytes, against a float32 copy's
+    write-and-read. Not for CPU tensors: the CPU norm kernel sums tens of millions of squares in float32
+    with a 1% error, where float64 sums of a float32 copy are exact.
+    """
+    n = x.numel()
+    mean = x.sum(dtype=torch.float32).double() / n
+    square = torch.linalg.vector_norm(x, dtype=torch.float32).double().square() / n
+    return mean, square - mean * mean

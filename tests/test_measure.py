@@ -6,7 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from eqsurgeon.measure import MomentHooks, batch_moments, measure, measuring_mode, resolve_bn_mode
+from eqsurgeon.measure import (
+    MomentHooks,
+    _low_precision_moments,
+    batch_moments,
+    measure,
+    measuring_mode,
+    resolve_bn_mode,
+)
 from eqsurgeon.sites import FusionSite, Subject, find_sites
 from fixtures.models import iid_pyramid
 
@@ -78,14 +85,36 @@ def test_std_standard_error_matches_the_spread_of_repeated_estimates():
 @pytest.mark.parametrize("one_pass", [False, True])
 def test_batch_moments_of_autocast_dtypes_match_float64(dtype, one_pass):
     """Under autocast the fusing layer's input is float16/bfloat16; its moments are still accumulated
-    in float32 or better (one_pass: the GPU path, which reads the tensor without a float32 copy)."""
+    in float32 or better, on a channel slice (a strided view)."""
     gen = torch.Generator().manual_seed(0)
-    x = (torch.randn(4, 6, 16, 16, generator=gen) * 0.7 + 0.5).relu().to(dtype)[:, 2:5]  # a channel slice
+    x = (torch.randn(4, 6, 16, 16, generator=gen) * 0.7 + 0.5).relu().to(dtype)[:, 2:5]
     exact = x.double()
     mean, var = batch_moments(x, one_pass=one_pass)
     assert mean.dtype == var.dtype == torch.float64
     assert mean.item() == pytest.approx(exact.mean().item(), rel=1e-5)
     assert var.item() == pytest.approx(exact.var(unbiased=False).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_moments_read_the_slice_in_its_own_dtype(dtype):
+    """The CUDA path for autocast inputs (run here on a small CPU tensor, where it is exact enough)."""
+    gen = torch.Generator().manual_seed(1)
+    x = (torch.randn(2, 8, 12, 12, generator=gen) + 0.3).to(dtype)[:, 3:7]
+    mean, var = _low_precision_moments(x)
+    assert mean.item() == pytest.approx(x.double().mean().item(), rel=1e-5)
+    assert var.item() == pytest.approx(x.double().var(unbiased=False).item(), rel=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_bf16_moments_on_cuda_need_no_float32_copy():
+    x = (torch.randn(8, 1024, 64, 64, device="cuda") * 0.7 + 0.5).relu().bfloat16()[:, 256:768]
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    mean, var = batch_moments(x, one_pass=True)
+    assert torch.cuda.max_memory_allocated() - base < x.numel()  # a float32 copy takes 4 bytes each
+    exact = x.double()
+    assert mean.item() == pytest.approx(exact.mean().item(), rel=1e-5)
+    assert var.item() == pytest.approx(exact.var(unbiased=False).item(), rel=1e-4)
 
 
 def test_hooks_are_removed_on_exit():
