@@ -117,6 +117,16 @@ def test_bf16_moments_on_cuda_need_no_float32_copy():
     assert var.item() == pytest.approx(exact.var(unbiased=False).item(), rel=1e-4)
 
 
+@pytest.mark.parametrize("autotune", [True, False])
+def test_measuring_mode_pauses_cudnn_autotuning_and_restores_it(autotune, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", autotune)
+    conv = nn.Conv2d(2, 1, 1)
+    with pytest.raises(RuntimeError), measuring_mode(conv):
+        assert torch.backends.cudnn.benchmark is False
+        raise RuntimeError("a failing measuring pass")
+    assert torch.backends.cudnn.benchmark is autotune
+
+
 def test_hooks_are_removed_on_exit():
     conv = nn.Conv2d(2, 1, 1)
     with MomentHooks(conv, [_site(1, 1)]):
