@@ -50,7 +50,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--batches", type=int, default=6, help="in-memory batches per throughput run")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--images", type=int, default=128, help="images in the generated folder")
+    p.add_argument("--images", type=int, default=512, help="images in the generated folder")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--tolerance", type=float, default=0.005)
     p.add_argument("--amp", action="store_true", help="bf16 autocast in both forwards")

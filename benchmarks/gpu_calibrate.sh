@@ -19,6 +19,7 @@ else
     LIMIT=150
 fi
 DEV=${ARGS[1]}
+FAILED=0
 "$PY" - "$DEV" <<'PYEOF' 2>&1 | tee "$LOG_DIR/bf16_moments.log"
 import sys, torch
 from eqsurgeon.measure import batch_moments
@@ -41,11 +42,16 @@ for amp in "" --amp; do
     name=bench_calibrate${amp:+_amp}
     echo "=== $name ${ARGS[*]} $amp"
     timeout --kill-after=5 "$LIMIT" "$PY" benchmarks/bench_calibrate.py "${ARGS[@]}" $amp 2>&1 | tee "$LOG_DIR/$name.log"
-    echo "rc ${PIPESTATUS[0]}"
+    rc=${PIPESTATUS[0]}
+    echo "rc $rc"
+    (( rc == 0 )) || FAILED=1
 done
 if [[ "$DEV" == cuda ]]; then
     echo "=== bench_train (eager; cudnn.benchmark on)"
     timeout --kill-after=5 150 "$PY" benchmarks/bench_train.py --device cuda --iters 50 --window 10 --repeats 2 2>&1 \
         | tee "$LOG_DIR/bench_train.log"
-    echo "rc ${PIPESTATUS[0]}"
+    rc=${PIPESTATUS[0]}
+    echo "rc $rc"
+    (( rc == 0 )) || FAILED=1
 fi
+exit $FAILED

@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.sh --smoke: every bench runs and leaves its JSON; the summary quotes them."""
+"""benchmarks/gpu_check.sh and gpu_calibrate.sh --smoke: every bench runs and leaves its JSON."""
 
 from __future__ import annotations
 
@@ -29,3 +29,19 @@ def test_gpu_check_smoke_runs_every_bench(tmp_path: Path) -> None:
     assert summary["data"]["target_img_s"] == summary["train"]["img_s"]["trainer"]  # fed from bench_train
     for needle in ("trainer / minimal", "fold / none", "data best / step rate", "calibrate (issue 3)"):
         assert needle in done.stdout, needle
+
+
+@pytest.mark.slow
+def test_gpu_calibrate_smoke_runs_both_precisions(tmp_path: Path) -> None:
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        ["bash", "benchmarks/gpu_calibrate.sh", "--smoke"], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    logs = tmp_path / "gpu_calibrate"
+    assert "var rel err" in (logs / "bf16_moments.log").read_text()
+    for name, amp in (("bench_calibrate", False), ("bench_calibrate_amp", True)):
+        result = json.loads((logs / f"{name}.log").read_text().strip().splitlines()[-1])
+        assert (result["bench"], result["amp"]) == ("calibrate", amp)
+        assert result["ratio_vs_forward"] > 0 and result["images_to_converge"]
