@@ -179,7 +179,9 @@ def print_summary(result: Any) -> None:
             continue
         bias = "bias corrected" if s.bias_corrected else f"bias unchanged{f': {s.note}' if s.note else ''}"
         table = Table(
-            title=escape(f"{head}  {s.images} images, σ rel. SE {s.std_rel_se:.4f}"),
+            title=escape(
+                f"{head}  {s.images} images, σ rel. SE {s.std_rel_se:.4f} (≤ {s.std_rel_se_bound:.4f})"
+            ),
             title_justify="left",
             caption=escape(
                 f"var_ratio {s.var_ratio_before:.3f} → {s.var_ratio_after:.3f} ({result.mode}); {bias}"
