@@ -13,14 +13,20 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
-def test_gpu_check_smoke_runs_every_bench(tmp_path: Path) -> None:
-    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+def _smoke(script: str, out: Path) -> subprocess.CompletedProcess:
+    """Run ``benchmarks/SCRIPT --smoke`` with logs under ``out``; it must exit 0."""
+    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
-        ["bash", "benchmarks/gpu_check.sh", "--smoke"], cwd=ROOT, env=env, capture_output=True, text=True,
+        ["bash", f"benchmarks/{script}", "--smoke"], cwd=ROOT, env=env, capture_output=True, text=True,
         timeout=300,
     )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return done
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke_runs_every_bench(tmp_path: Path) -> None:
+    done = _smoke("gpu_check.sh", tmp_path)
     logs = tmp_path / "gpu_check"
     for name in ("env", "bench_train", "bench_data", "bench_calibrate"):
         assert (logs / f"{name}.rc").read_text().strip() == "0", (logs / f"{name}.log").read_text()[-2000:]
@@ -33,12 +39,7 @@ def test_gpu_check_smoke_runs_every_bench(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_gpu_calibrate_smoke_runs_both_precisions(tmp_path: Path) -> None:
-    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        ["bash", "benchmarks/gpu_calibrate.sh", "--smoke"], cwd=ROOT, env=env, capture_output=True, text=True,
-        timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    _smoke("gpu_calibrate.sh", tmp_path)
     logs = tmp_path / "gpu_calibrate"
     assert "var rel err" in (logs / "bf16_moments.log").read_text()
     for name, amp in (("bench_calibrate", False), ("bench_calibrate_amp", True)):
