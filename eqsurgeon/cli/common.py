@@ -61,6 +61,10 @@ DataOpt = Annotated[
 InputSizeOpt = Annotated[str, typer.Option("--input-size", help="input height x width, e.g. 512x512")]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1, help="images per forward")]
 BatchesOpt = Annotated[int, typer.Option("--batches", min=1, help="forwards to measure over")]
+# analyze and check measure the same way by default, so `check` passes exactly what `analyze` showed.
+MEASURE_INPUT_SIZE = "256x256"
+MEASURE_BATCH_SIZE = 4
+MEASURE_BATCHES = 1
 SeedOpt = Annotated[
     int, typer.Option("--seed", help="seed for model initialization, synthetic input and image sampling")
 ]
