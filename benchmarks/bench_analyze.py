@@ -21,9 +21,9 @@ import torch
 
 from eqsurgeon.analysis import analyze
 from eqsurgeon.capture import _Tracer
-from eqsurgeon.models import create_model, list_models
-from eqsurgeon.models.summary import summarize
 from eqsurgeon.state import preserved_state
+from eqsurgeon.zoo import create_model, list_models
+from eqsurgeon.zoo.summary import summarize
 
 
 def main() -> None:

@@ -33,10 +33,11 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eqsurgeon.calibration import CalibrationResult, calibrate, measure_step
-from eqsurgeon.data.images import image_loader, model_normalization
+from eqsurgeon.images import image_loader, model_normalization
 from eqsurgeon.loading import load_model
 from eqsurgeon.measure import MomentHooks, measuring_mode
-from eqsurgeon.sites import FusionSite, find_sites
+from eqsurgeon.records import FusionSite
+from eqsurgeon.sites import find_sites
 from fixtures.calibration import make_images
 
 Norm = tuple[float, ...] | None

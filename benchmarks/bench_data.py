@@ -33,9 +33,9 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eqsurgeon.data.sampler import InfiniteSampler
 from eqsurgeon.training.config import load_config
 from eqsurgeon.training.datasets import make_datasets
+from eqsurgeon.training.sampler import InfiniteSampler
 
 
 def main() -> None:

@@ -7,10 +7,11 @@
 
 from eqsurgeon.checkpoint import load
 from eqsurgeon.loading import load_model
-from eqsurgeon.measure import Measurement, MomentHooks, Moments, measure
+from eqsurgeon.measure import Measurement, MomentHooks, measure
 from eqsurgeon.modules import ScaleEqualizer
+from eqsurgeon.records import AddSite, FusionSite, Moments, Subject, Upsample
 from eqsurgeon.registry import register_autowrap_function, register_leaf_module, register_upsample_function
-from eqsurgeon.sites import AddSite, FusionSite, Subject, Upsample, find_sites
+from eqsurgeon.sites import find_sites
 
 __version__ = "0.1.0"
 

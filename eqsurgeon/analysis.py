@@ -17,8 +17,9 @@ import torch
 from torch import nn
 
 from eqsurgeon.capture import capture
-from eqsurgeon.measure import Moments, measure
-from eqsurgeon.sites import AddSite, FusionSite, find
+from eqsurgeon.measure import measure
+from eqsurgeon.records import AddSite, FusionSite, Moments
+from eqsurgeon.sites import find
 
 BN_RELU_VAR = (math.pi - 1) / (2 * math.pi)  # variance of ReLU(N(0, 1)): the reference scale
 

@@ -20,12 +20,11 @@ import torch
 from torch import nn
 
 from eqsurgeon.analysis import var_ratio
-from eqsurgeon.checkpoint import InputRecord, SiteRecord
 from eqsurgeon.equalize import InputStat, compute_scales, fold_into, insert_equalizers
 from eqsurgeon.errors import EqSurgeonError
-from eqsurgeon.measure import MomentHooks, Moments, measuring_mode
+from eqsurgeon.measure import MomentHooks, measuring_mode
+from eqsurgeon.records import FusionSite, InputRecord, Moments, SiteRecord, Subject
 from eqsurgeon.reduce import MeasureState
-from eqsurgeon.sites import FusionSite, Subject
 
 MODES = ("fold", "insert")
 BIAS_CORRECTIONS = ("auto", "on", "off")

@@ -6,7 +6,7 @@ either order and two identical runs would write different bytes.
 
 >>> import tempfile, torch
 >>> path = Path(tempfile.mkdtemp()) / "x.safetensors"
->>> meta = CalibrationMeta(model="m", mode="fold", bn_mode="batch", images=2, data_fingerprint="ab")
+>>> meta = CalibrationRecord(model="m", mode="fold", bn_mode="batch", images=2, data_fingerprint="ab")
 >>> save_checkpoint(path, {"w": torch.ones(2)}, meta).name
 'x.safetensors'
 >>> read_checkpoint(path)[1].mode
@@ -16,10 +16,8 @@ either order and two identical runs would write different bytes.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -28,97 +26,9 @@ from torch import nn
 
 from eqsurgeon.errors import CheckpointError, OutputExistsError
 from eqsurgeon.loading import read_state_dict
+from eqsurgeon.records import CalibrationRecord
 
 METADATA_KEY = "eqsurgeon"
-FORMAT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class InputRecord:
-    """One concat input of a site: channel range [start, stop), measured μ and σ, and the scale applied."""
-
-    channels: tuple[int, int]
-    mean: float
-    std: float
-    scale: float
-    source: str = ""
-    upsample: str | None = None
-
-
-@dataclass(frozen=True)
-class SiteRecord:
-    """One fusion site: what was measured, and what was changed (nothing when ``status`` is "skipped")."""
-
-    layer: str
-    op: str
-    groups: int
-    channel_dim: int
-    status: str
-    reason: str | None = None
-    bias_corrected: bool = False
-    note: str | None = None
-    std_rel_se: float | None = None
-    images: int | None = None
-    var_ratio_before: float | None = None
-    var_ratio_after: float | None = None
-    inputs: tuple[InputRecord, ...] = ()
-
-
-@dataclass(frozen=True)
-class CalibrationMeta:
-    """The ``eqsurgeon`` metadata of a calibrated checkpoint (DESIGN.md: "A calibrated .safetensors")."""
-
-    model: str
-    mode: str
-    bn_mode: str
-    images: int
-    data_fingerprint: str
-    model_kwargs: dict = field(default_factory=dict)
-    bias_correction: str = "auto"
-    tolerance: float | None = None
-    converged: bool | None = None
-    seed: int | None = None
-    input_size: tuple[int, int] | None = None
-    image_mean: tuple[float, ...] | None = None
-    image_std: tuple[float, ...] | None = None
-    skipped_files: int = 0
-    sites: tuple[SiteRecord, ...] = ()
-    tool_version: str = ""
-    format_version: int = FORMAT_VERSION
-
-    def to_dict(self) -> dict:
-        """Plain JSON-able dict (tuples become lists when serialized)."""
-        data = asdict(self)
-        data["tool_version"] = data["tool_version"] or _tool_version()
-        return data
-
-    def to_json(self) -> str:
-        """Canonical JSON: sorted keys, no whitespace, so equal metadata gives equal bytes."""
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), allow_nan=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> CalibrationMeta:
-        """Parse ``to_json`` output (unknown keys from newer versions are ignored)."""
-        data = json.loads(text)
-        sites = tuple(
-            SiteRecord(
-                **{
-                    **_known(SiteRecord, s),
-                    "inputs": tuple(
-                        InputRecord(**{**_known(InputRecord, i), "channels": tuple(i["channels"])})
-                        for i in s.get("inputs", ())
-                    ),
-                }
-            )
-            for s in data.get("sites", ())
-        )
-        tuples = {k: tuple(data[k]) for k in ("input_size", "image_mean", "image_std") if data.get(k)}
-        return cls(**{**_known(cls, data), **tuples, "sites": sites})
-
-    @property
-    def equalized_sites(self) -> tuple[SiteRecord, ...]:
-        """The sites whose weights (fold) or modules (insert) were changed."""
-        return tuple(s for s in self.sites if s.status == "ok")
 
 
 def check_writable(path: Path, force: bool) -> Path:
@@ -142,7 +52,7 @@ def check_writable(path: Path, force: bool) -> Path:
 
 
 def save_checkpoint(
-    path: Path | str, state_dict: dict[str, torch.Tensor], meta: CalibrationMeta, force: bool = False
+    path: Path | str, state_dict: dict[str, torch.Tensor], meta: CalibrationRecord, force: bool = False
 ) -> Path:
     """Write ``state_dict`` and ``meta`` to ``path`` atomically: a temporary file, then ``os.replace``.
 
@@ -170,8 +80,8 @@ def save_checkpoint(
     return path
 
 
-def read_checkpoint(path: Path | str) -> tuple[dict[str, torch.Tensor], CalibrationMeta | None]:
-    """Read a state dict and, when the file is a calibrated checkpoint, its ``CalibrationMeta``.
+def read_checkpoint(path: Path | str) -> tuple[dict[str, torch.Tensor], CalibrationRecord | None]:
+    """Read a state dict and, when the file is a calibrated checkpoint, its ``CalibrationRecord``.
 
     Reading is ``eqsurgeon.loading.read_state_dict``: safetensors, or ``.pt``/``.pth`` only with
     ``torch.load(weights_only=True)`` (a dict nested under "state_dict" or "model" is unwrapped).
@@ -180,11 +90,11 @@ def read_checkpoint(path: Path | str) -> tuple[dict[str, torch.Tensor], Calibrat
         CheckpointError: the file is missing or not a readable state dict.
     """
     tensors, header = read_state_dict(Path(path))
-    meta = CalibrationMeta.from_json(header[METADATA_KEY]) if METADATA_KEY in header else None
+    meta = CalibrationRecord.from_json(header[METADATA_KEY]) if METADATA_KEY in header else None
     return tensors, meta
 
 
-def refuse_double_equalization(meta: CalibrationMeta | None, path: Path | str, force: bool) -> None:
+def refuse_double_equalization(meta: CalibrationRecord | None, path: Path | str, force: bool) -> None:
     """Raise when the input checkpoint was already equalized (calibrating it again would scale twice).
 
     Folding moves 1/σ into the weights; the features that feed the fusing layer are unchanged, so
@@ -217,7 +127,7 @@ def load(model: nn.Module, checkpoint: Path | str) -> nn.Module:
 
 
 def apply_checkpoint(
-    model: nn.Module, tensors: dict[str, torch.Tensor], meta: CalibrationMeta | None, source: Path | str
+    model: nn.Module, tensors: dict[str, torch.Tensor], meta: CalibrationRecord | None, source: Path | str
 ) -> None:
     """``load`` for an already read checkpoint: insert equalizers per ``meta``, then load strictly."""
     from eqsurgeon.loading import fit_state_dict
@@ -233,10 +143,10 @@ def rebuild_equalizers(model: nn.Module, metadata: Mapping[str, str]) -> None:
     For loaders that read the state dict themselves (``eqsurgeon.loading.load_model``).
     """
     if METADATA_KEY in metadata:
-        _insert_equalizers(model, CalibrationMeta.from_json(metadata[METADATA_KEY]))
+        _insert_equalizers(model, CalibrationRecord.from_json(metadata[METADATA_KEY]))
 
 
-def _insert_equalizers(model: nn.Module, meta: CalibrationMeta) -> None:
+def _insert_equalizers(model: nn.Module, meta: CalibrationRecord) -> None:
     from eqsurgeon.equalize import InputStat, insert_equalizers
 
     if meta.mode != "insert":
@@ -244,14 +154,3 @@ def _insert_equalizers(model: nn.Module, meta: CalibrationMeta) -> None:
     for site in meta.equalized_sites:
         stats = [InputStat(tuple(i.channels), i.mean, i.std) for i in site.inputs]
         insert_equalizers(model, site.layer, stats, site.channel_dim)
-
-
-def _known(cls: type, data: dict) -> dict:
-    names = set(cls.__dataclass_fields__)
-    return {k: v for k, v in data.items() if k in names}
-
-
-def _tool_version() -> str:
-    import eqsurgeon
-
-    return eqsurgeon.__version__

@@ -172,7 +172,7 @@ def _resolve(spec: str) -> tuple[Any, str]:
                 f"{where} has no factory {name!r}; callables there: {', '.join(sorted(public)[:8]) or 'none'}"
             )
         return factory, spec
-    from eqsurgeon.models import is_model, model_entry
+    from eqsurgeon.registry import is_model, model_entry
 
     if is_model(spec):
         return model_entry(spec).factory, spec

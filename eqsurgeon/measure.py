@@ -14,53 +14,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from eqsurgeon.sites import FusionSite
+from eqsurgeon.records import FusionSite, Moments
 from eqsurgeon.state import preserved_state
 
 BN_MODES = ("auto", "batch", "eval")
-
-
-@dataclass(frozen=True)
-class Moments:
-    """Global statistics of one concat input.
-
-    Attributes:
-        count: elements seen.
-        mean: global mean.
-        var: global (population) variance.
-        batches: forwards the statistics were pooled over.
-        std_rel_se: relative standard error of ``std``, estimated across batches by the delta method
-            from each batch's mean and variance (``inf`` with fewer than two batches).
-    """
-
-    count: int
-    mean: float
-    var: float
-    batches: int = 1
-    std_rel_se: float = math.inf
-
-    @property
-    def std(self) -> float:
-        return math.sqrt(self.var) if self.var > 0 else 0.0
-
-    @property
-    def std_rel_se_bound(self) -> float:
-        """A 95% upper confidence bound on the true relative standard error of ``std``.
-
-        ``std_rel_se`` is itself estimated from ``batches`` batches (a chi-square with batches − 1
-        degrees of freedom), and a rule that stops at the first batch where it dips below a tolerance
-        stops early on an underestimate. Calibrate stops on this bound instead: ×1.8 at 8 batches,
-        ×1.3 at 30, ×1.1 at 300.
-
-        >>> round(Moments(100, 0.0, 1.0, 8, 0.01).std_rel_se_bound, 4)
-        0.018
-        """
-        k = self.batches - 1
-        if k < 1 or not math.isfinite(self.std_rel_se):
-            return math.inf
-        # Wilson–Hilferty: the 5% quantile of chi-square(k), within 1% of the exact value for k >= 7.
-        q = k * (1 - 2 / (9 * k) - 1.6449 * math.sqrt(2 / (9 * k))) ** 3
-        return self.std_rel_se * math.sqrt(k / q) if q > 0 else math.inf
 
 
 @dataclass(frozen=True)

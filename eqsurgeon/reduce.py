@@ -10,7 +10,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from eqsurgeon.measure import Moments
+from eqsurgeon.records import Moments
 
 
 @dataclass(frozen=True)

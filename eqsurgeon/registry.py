@@ -6,7 +6,9 @@ Instead of if-chains over types, everything the graph passes need to recognise i
   automatically when timm is installed);
 * autowrap functions: recorded as one call instead of being traced through;
 * upsample functions: a registered callable (for example an autowrapped ``resize`` wrapper) counts as
-  an interpolation whose mode is read from its keyword arguments.
+  an interpolation whose mode is read from its keyword arguments;
+* models: a factory registered with ``@register_model`` is accepted by name as MODEL. The registry never
+  imports its entries: the zoo (and any plugin package) registers them when it is imported.
 
 >>> import torch
 >>> register_leaf_module(torch.nn.Identity)
@@ -16,6 +18,7 @@ Instead of if-chains over types, everything the graph passes need to recognise i
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from torch import nn
@@ -89,3 +92,80 @@ def _known_leaves() -> set[type[nn.Module]]:
         except (ImportError, AttributeError):  # another version of the library: keep tracing into it
             continue
     return found
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One registered model: its factory and what the listing shows about it."""
+
+    name: str
+    factory: Callable[..., nn.Module]
+    paper_table: str = ""
+    mmseg_config: str = ""
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(
+    name: str | None = None, *, paper_table: str = "", mmseg_config: str = "", tags: tuple[str, ...] = ()
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register a model factory under ``name`` (the function's name by default)."""
+
+    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        key = name or fn.__name__
+        assert key not in _REGISTRY, f"model {key!r} registered twice"
+        _REGISTRY[key] = ModelEntry(key, fn, paper_table, mmseg_config, tuple(tags))
+        return fn
+
+    return wrap
+
+
+def is_model(name: str) -> bool:
+    """Whether ``name`` is a registered zoo model."""
+    _import_zoo()
+    return name in _REGISTRY
+
+
+def list_models() -> list[str]:
+    """Names of all registered zoo models, sorted."""
+    _import_zoo()
+    return sorted(_REGISTRY)
+
+
+def model_entry(name: str) -> ModelEntry:
+    """The registry entry for ``name``; raises ``KeyError`` naming close matches."""
+    _import_zoo()
+    if name not in _REGISTRY:
+        import difflib
+
+        close = difflib.get_close_matches(name, _REGISTRY, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else " Run `eqsurgeon models` to list them."
+        raise KeyError(f"no zoo model named {name!r}.{hint}")
+    return _REGISTRY[name]
+
+
+def create_model(name: str, **kwargs: object) -> nn.Module:
+    """Build the zoo model ``name`` with factory keyword arguments (``num_classes``, ``pretrained``...)."""
+    return model_entry(name).factory(**kwargs)
+
+
+# Packages that register models when imported: the built-in zoo, then any installed plugin that
+# declares an ``eqsurgeon.models`` entry point. Imported by name, so the registry depends on none of them.
+_MODEL_PACKAGES = ("eqsurgeon.zoo",)
+_loaded = False
+
+
+def _import_zoo() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    import importlib
+    from importlib.metadata import entry_points
+
+    for name in _MODEL_PACKAGES:
+        importlib.import_module(name)
+    for ep in entry_points(group="eqsurgeon.models"):
+        if ep.value not in _MODEL_PACKAGES:
+            ep.load()

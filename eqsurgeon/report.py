@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from eqsurgeon.analysis import Analysis
-from eqsurgeon.sites import FusionSite, Subject
+from eqsurgeon.records import FusionSite, Subject
 
 
 def analysis_to_dict(analysis: Analysis) -> dict[str, Any]:

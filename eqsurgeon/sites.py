@@ -17,62 +17,7 @@ from torch import fx, nn
 
 from eqsurgeon.capture import Captured, capture
 from eqsurgeon.graph_ops import Fusing, OpView, shape
-
-
-@dataclass(frozen=True)
-class Upsample:
-    """An interpolation on a subject's way into the concat."""
-
-    mode: str
-    factor: tuple[float, ...]
-    align_corners: bool | None = None
-
-
-@dataclass(frozen=True)
-class Subject:
-    """One concat input: a channel range ``[start, stop)`` of the fusing layer's input."""
-
-    channels: tuple[int, int]
-    source: str
-    upsample: Upsample | None = None
-
-    @property
-    def width(self) -> int:
-        return self.channels[1] - self.channels[0]
-
-
-@dataclass(frozen=True)
-class FusionSite:
-    """A fusing conv/linear and the concat inputs it mixes.
-
-    Attributes:
-        layer: qualified module name in the model (a node name for skipped functional calls).
-        op: ``conv2d``, ``conv_transpose2d``, ``linear``...
-        groups: the conv's groups (1 for linear).
-        subjects: concat inputs in channel order.
-        channel_dim: dim of the layer's input holding channels: 1, or -1 for channels-last linear.
-        status: ``"ok"`` or ``"skipped"``; ``reason`` says why a site is skipped.
-    """
-
-    layer: str
-    op: str
-    groups: int
-    subjects: tuple[Subject, ...]
-    channel_dim: int = 1
-    status: str = "ok"
-    reason: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-
-@dataclass(frozen=True)
-class AddSite:
-    """An upsample → add fusion (FPN top-down, LR-ASPP): reported, never changed."""
-
-    name: str
-    inputs: tuple[Subject, ...]
+from eqsurgeon.records import AddSite, FusionSite, Subject, Upsample
 
 
 @dataclass(frozen=True)

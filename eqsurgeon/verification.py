@@ -14,10 +14,9 @@ import torch
 from torch import nn
 
 from eqsurgeon.analysis import var_ratio
-from eqsurgeon.checkpoint import CalibrationMeta, SiteRecord
 from eqsurgeon.errors import CheckpointError
 from eqsurgeon.measure import measure
-from eqsurgeon.sites import FusionSite, Subject
+from eqsurgeon.records import CalibrationRecord, FusionSite, SiteRecord, Subject
 
 
 @dataclass(frozen=True)
@@ -48,7 +47,7 @@ class Verification:
 
 
 def verify(
-    model: nn.Module, batches: Iterable[torch.Tensor], meta: CalibrationMeta, bn_mode: str | None = None
+    model: nn.Module, batches: Iterable[torch.Tensor], meta: CalibrationRecord, bn_mode: str | None = None
 ) -> Verification:
     """Measure every equalized site of a calibrated ``model`` and return effective statistics.
 

@@ -11,7 +11,8 @@ import torch
 from eqsurgeon.calibration import calibrate
 from eqsurgeon.equalize import EqualizedInput
 from eqsurgeon.errors import EqSurgeonError
-from eqsurgeon.measure import Moments, measure, measuring_mode
+from eqsurgeon.measure import measure, measuring_mode
+from eqsurgeon.records import Moments
 from eqsurgeon.reduce import MeasureState, merge_moments
 from eqsurgeon.sites import find_sites
 from fixtures.calibration import (

@@ -13,23 +13,21 @@ from torch import nn
 
 from eqsurgeon import checkpoint as ckpt
 from eqsurgeon.checkpoint import (
-    CalibrationMeta,
-    InputRecord,
-    SiteRecord,
     load,
     read_checkpoint,
     refuse_double_equalization,
     save_checkpoint,
 )
 from eqsurgeon.errors import CheckpointError, OutputExistsError
+from eqsurgeon.records import CalibrationRecord, InputRecord, SiteRecord
 
 
-def _meta(mode: str = "fold") -> CalibrationMeta:
+def _meta(mode: str = "fold") -> CalibrationRecord:
     site = SiteRecord(
         layer="0", op="conv2d", groups=1, channel_dim=1, status="ok",
         inputs=(InputRecord((0, 2), 0.5, 2.0, 0.5), InputRecord((2, 4), -0.1, 0.25, 4.0)),
     )  # fmt: skip
-    return CalibrationMeta(
+    return CalibrationRecord(
         model="fixture", mode=mode, bn_mode="batch", images=8, data_fingerprint="f00", sites=(site,)
     )
 
@@ -38,7 +36,7 @@ def test_round_trip_preserves_tensors_and_metadata(tmp_path: Path) -> None:
     net = nn.Sequential(nn.Conv2d(4, 2, 3), nn.BatchNorm2d(2))
     path = save_checkpoint(tmp_path / "a.safetensors", net.state_dict(), _meta())
     tensors, meta = read_checkpoint(path)
-    assert meta == CalibrationMeta.from_json(_meta().to_json())
+    assert meta == CalibrationRecord.from_json(_meta().to_json())
     assert meta.sites[0].inputs[1].channels == (2, 4) and meta.tool_version
     fresh = nn.Sequential(nn.Conv2d(4, 2, 3), nn.BatchNorm2d(2))
     fresh.load_state_dict(tensors, strict=True)

@@ -224,6 +224,6 @@ def test_bad_options_exit_2(images: Path, tmp_path: Path) -> None:
 
 
 def _plain_meta():
-    from eqsurgeon.checkpoint import CalibrationMeta
+    from eqsurgeon.records import CalibrationRecord
 
-    return CalibrationMeta(model="x", mode="fold", bn_mode="batch", images=0, data_fingerprint="")
+    return CalibrationRecord(model="x", mode="fold", bn_mode="batch", images=0, data_fingerprint="")

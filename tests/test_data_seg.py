@@ -10,11 +10,11 @@ import torch
 from PIL import Image
 from torchvision import tv_tensors
 
-from eqsurgeon.data.demo import make_demo_data
-from eqsurgeon.data.sampler import InfiniteSampler, shard_indices
-from eqsurgeon.data.segmentation import SegmentationDataset, find_samples
-from eqsurgeon.data.transforms import PhotoMetricDistortion, RandomCrop, train_pipeline
 from eqsurgeon.errors import DataError
+from eqsurgeon.training.demo_data import make_demo_data
+from eqsurgeon.training.sampler import InfiniteSampler, shard_indices
+from eqsurgeon.training.segmentation import SegmentationDataset, find_samples
+from eqsurgeon.training.transforms import PhotoMetricDistortion, RandomCrop, train_pipeline
 
 
 def _pair(image: Path, mask: Path | None, size: tuple[int, int] = (8, 10), label: int = 1) -> None:

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from eqsurgeon.data.images import (
+from eqsurgeon.errors import DataError
+from eqsurgeon.images import (
     IMAGENET_MEAN,
     ImageSource,
     image_loader,
@@ -19,7 +20,6 @@ from eqsurgeon.data.images import (
     model_normalization,
     scan_images,
 )
-from eqsurgeon.errors import DataError
 
 
 def _rgb(seed: int, h: int = 20, w: int = 30) -> np.ndarray:

@@ -14,7 +14,8 @@ from eqsurgeon.measure import (
     measuring_mode,
     resolve_bn_mode,
 )
-from eqsurgeon.sites import FusionSite, Subject, find_sites
+from eqsurgeon.records import FusionSite, Subject
+from eqsurgeon.sites import find_sites
 from fixtures.models import iid_pyramid
 
 RELU_MEAN = 1 / math.sqrt(2 * math.pi)

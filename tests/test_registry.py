@@ -8,7 +8,8 @@ from torch import nn
 from eqsurgeon import registry
 from eqsurgeon.capture import capture
 from eqsurgeon.errors import CaptureError
-from eqsurgeon.sites import Upsample, find_sites
+from eqsurgeon.records import Upsample
+from eqsurgeon.sites import find_sites
 
 
 class Gate(nn.Module):
@@ -83,7 +84,7 @@ def test_registered_upsample_function_is_one_node_with_its_mode():
 
 
 def test_timm_swin_blocks_are_known_leaves_so_fx_captures_swin():
-    from eqsurgeon.models import create_model
+    from eqsurgeon.zoo import create_model
 
     model = create_model("upernet_swin_tiny", num_classes=4, aux_head=False).eval()
     x = torch.randn(2, 3, 64, 64)

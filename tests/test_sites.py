@@ -5,7 +5,8 @@ import torch
 
 from eqsurgeon import find_sites
 from eqsurgeon.capture import capture
-from eqsurgeon.sites import Upsample, find
+from eqsurgeon.records import Upsample
+from eqsurgeon.sites import find
 from fixtures import models as fx_models
 
 FRONTENDS = ["fx", "export"]

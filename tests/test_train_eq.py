@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from eqsurgeon.checkpoint import CalibrationMeta
-from eqsurgeon.data.demo import make_demo_data
 from eqsurgeon.errors import CheckpointError
+from eqsurgeon.records import CalibrationRecord
 from eqsurgeon.training.checkpoint import load_weights
 from eqsurgeon.training.config import load_config
+from eqsurgeon.training.demo_data import make_demo_data
 from eqsurgeon.training.evaluate import evaluate_checkpoint
 from eqsurgeon.training.loop import train
 from tests._train_helpers import DEMO_RECIPE, quick, truncated_copy
@@ -34,7 +34,7 @@ def test_fold_in_the_loop_records_what_it_applied(data: Path, tmp_path: Path) ->
     result = train(load_config(DEMO_RECIPE, _eq(data, tmp_path / "run", "fold")))
     record = json.loads((tmp_path / "run" / "eq.json").read_text())
     assert record == result.eq and record["mode"] == "fold" and record["images"] == 8
-    meta = CalibrationMeta.from_json(load_weights(result.weights)[1]["eqsurgeon"])
+    meta = CalibrationRecord.from_json(load_weights(result.weights)[1]["eqsurgeon"])
     assert meta.equalized_sites and meta.mode == "fold"
     for site in meta.equalized_sites:
         assert all((i.std > 0 and i.scale == pytest.approx(min(j.std for j in site.inputs) / i.std))

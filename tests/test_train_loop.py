@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from eqsurgeon.data.demo import make_demo_data
 from eqsurgeon.errors import DataError, OutputExistsError, RecipeError, TrainingError
 from eqsurgeon.training.checkpoint import list_checkpoints, load_state, load_weights
 from eqsurgeon.training.config import load_config, load_config_text
+from eqsurgeon.training.demo_data import make_demo_data
 from eqsurgeon.training.loop import train
 from tests._train_helpers import DEMO_RECIPE, TINY, quick, truncated_copy
 

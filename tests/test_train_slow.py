@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from eqsurgeon.data.demo import make_demo_data
 from eqsurgeon.training.checkpoint import checkpoint_files, load_weights
 from eqsurgeon.training.config import load_config
 from eqsurgeon.training.datasets import make_datasets
+from eqsurgeon.training.demo_data import make_demo_data
 from eqsurgeon.training.distributed import DistInfo
 from eqsurgeon.training.equalize import equalize_in_loop
 from eqsurgeon.training.loop import train

@@ -15,8 +15,8 @@ from safetensors.torch import save_file
 
 from eqsurgeon.errors import ModelLoadError
 from eqsurgeon.loading import load_model
-from eqsurgeon.models import create_model, list_models, model_entry
-from eqsurgeon.models.segmentor import EncoderDecoder
+from eqsurgeon.zoo import create_model, list_models, model_entry
+from eqsurgeon.zoo.segmentor import EncoderDecoder
 
 ALL = list_models()
 REQUIRED = [

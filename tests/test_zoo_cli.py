@@ -8,7 +8,7 @@ import torch
 from typer.testing import CliRunner
 
 from eqsurgeon.cli import app
-from eqsurgeon.models import create_model
+from eqsurgeon.zoo import create_model
 
 runner = CliRunner()
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eqsurgeon.models import create_model
-from eqsurgeon.models.layers import ConvModule
+from eqsurgeon.zoo import create_model
+from eqsurgeon.zoo.layers import ConvModule
 
 # Published UPerNet totals (backbone + UPerHead + auxiliary FCNHead, 150 classes).
 PUBLISHED_M = {

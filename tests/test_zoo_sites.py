@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 from eqsurgeon.analysis import analyze, synthetic_batches
-from eqsurgeon.models import create_model
-from eqsurgeon.sites import FusionSite, find_sites
+from eqsurgeon.records import FusionSite
+from eqsurgeon.sites import find_sites
+from eqsurgeon.zoo import create_model
 
 SIZE = 256
 

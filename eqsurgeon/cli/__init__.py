@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from eqsurgeon.cli.common import State
+from eqsurgeon.cli._common import State
 
 app = typer.Typer(
     name="eqsurgeon",

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from eqsurgeon.cli import common as c
-from eqsurgeon.cli.render import print_capture, print_sites
+from eqsurgeon.cli import _common as c
+from eqsurgeon.cli._render import print_capture, print_sites
 
 
 @c.handle_errors

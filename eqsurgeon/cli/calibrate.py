@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from eqsurgeon.cli import common as c
+from eqsurgeon.cli import _common as c
 
 ModeOpt = Annotated[
     str, typer.Option("--mode", help="fold (rescale weights, same keys) or insert (equalizers)")
@@ -60,7 +60,8 @@ def calibrate(
 
     from eqsurgeon.calibration import calibrate as run_calibration
     from eqsurgeon.calibration import site_records
-    from eqsurgeon.checkpoint import CalibrationMeta, check_writable, save_checkpoint
+    from eqsurgeon.checkpoint import check_writable, save_checkpoint
+    from eqsurgeon.records import CalibrationRecord
     from eqsurgeon.report import write_json
 
     check_writable(out, force)  # fail before minutes of measuring, not after
@@ -79,7 +80,7 @@ def calibrate(
             tolerance=tolerance, max_images=max_images, frontend=frontend, device=job.device,
             autocast_dtype=amp_dtype, progress=bar.update,
         )  # fmt: skip
-    meta = CalibrationMeta(
+    meta = CalibrationRecord(
         model=model, model_kwargs=job.kwargs, mode=mode, bn_mode=result.bn_mode, images=result.images,
         data_fingerprint=job.fingerprint, bias_correction=bias_correction, tolerance=tolerance,
         converged=result.converged, seed=seed, input_size=job.size, image_mean=job.mean,
@@ -116,10 +117,10 @@ def prepare(
 ) -> Job:  # fmt: skip
     """Load the model (+ checkpoint), and build the image loader; shared by calibrate and verify.
 
-    ``defaults`` (a checkpoint's ``CalibrationMeta``) supplies input size and normalization not given.
+    ``defaults`` (a checkpoint's ``CalibrationRecord``) supplies input size and normalization not given.
     """
     from eqsurgeon.checkpoint import apply_checkpoint, read_checkpoint, refuse_double_equalization
-    from eqsurgeon.data.images import (
+    from eqsurgeon.images import (
         IMAGENET_MEAN,
         IMAGENET_STD,
         image_loader,

@@ -9,8 +9,8 @@ from xml.sax.saxutils import quoteattr
 import typer
 
 from eqsurgeon.checking import DEFAULT_MAX_RATIO, CheckResult, check
-from eqsurgeon.cli import common as c
-from eqsurgeon.cli.render import print_capture
+from eqsurgeon.cli import _common as c
+from eqsurgeon.cli._render import print_capture
 
 FORMATS = ("text", "json", "junit")
 

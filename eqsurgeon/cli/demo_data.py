@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from eqsurgeon.cli.common import console, handle_errors
+from eqsurgeon.cli._common import console, handle_errors
 
 
 @handle_errors
@@ -19,7 +19,7 @@ def demo_data(
     force: Annotated[bool, typer.Option("--force", help="write into a non-empty folder")] = False,
 ) -> None:
     """Synthetic data where a pixel's class needs local texture and the image's global tint (5 classes)."""
-    from eqsurgeon.data.demo import NUM_CLASSES, make_demo_data
+    from eqsurgeon.training.demo_data import NUM_CLASSES, make_demo_data
 
     if size % 8:
         raise typer.BadParameter("--size must be a multiple of 8")

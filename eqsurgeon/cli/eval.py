@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from eqsurgeon.cli.common import console, handle_errors
+from eqsurgeon.cli._common import console, handle_errors
 from eqsurgeon.cli.train import DataDirOpt, RecipeArg, SetOpt, iou_table, recipe_overrides
 from eqsurgeon.training.config import load_config
 

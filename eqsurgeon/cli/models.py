@@ -9,10 +9,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from eqsurgeon.cli.common import console, err_console, handle_errors
+from eqsurgeon.cli._common import console, err_console, handle_errors
 from eqsurgeon.errors import ModelLoadError
-from eqsurgeon.models import list_models
-from eqsurgeon.models.summary import FLOPS_SIZE, ModelSummary, summarize
+from eqsurgeon.zoo import list_models
+from eqsurgeon.zoo.summary import FLOPS_SIZE, ModelSummary, summarize
 
 
 @handle_errors

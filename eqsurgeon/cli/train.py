@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from eqsurgeon.cli.common import console, handle_errors
+from eqsurgeon.cli._common import console, handle_errors
 from eqsurgeon.training.config import TrainConfig, load_config
 from eqsurgeon.training.metrics import SegMetrics
 

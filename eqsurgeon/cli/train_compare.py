@@ -7,7 +7,7 @@ import os
 
 from rich.table import Table
 
-from eqsurgeon.cli.common import console
+from eqsurgeon.cli._common import console
 from eqsurgeon.training.compare import Comparison, Stat, compare
 from eqsurgeon.training.config import TrainConfig
 

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from eqsurgeon.cli import common as c
+from eqsurgeon.cli import _common as c
 from eqsurgeon.cli.calibrate import _check_json_path, prepare, print_skipped
 
 

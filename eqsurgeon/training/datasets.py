@@ -6,10 +6,10 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
-from eqsurgeon.data.segmentation import SegmentationDataset, find_samples
-from eqsurgeon.data.synthetic import SyntheticDataset
-from eqsurgeon.data.transforms import eval_pipeline, train_pipeline
 from eqsurgeon.training.config import TrainConfig
+from eqsurgeon.training.segmentation import SegmentationDataset, find_samples
+from eqsurgeon.training.synthetic import SyntheticDataset
+from eqsurgeon.training.transforms import eval_pipeline, train_pipeline
 
 
 def make_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset]:

@@ -6,7 +6,7 @@ stream of their own so they do not shift the training data. Under DDP each rank 
 every rank applies the same μ/σ, computed from the images of all ranks.
 
 The record written to ``eq.json`` and to each checkpoint's ``eqsurgeon`` metadata is the calibrated
-checkpoint format (``eqsurgeon.checkpoint.CalibrationMeta``), so ``load_model`` rebuilds insert-mode
+checkpoint format (``eqsurgeon.checkpoint.CalibrationRecord``), so ``load_model`` rebuilds insert-mode
 equalizers from any training checkpoint.
 """
 
@@ -21,13 +21,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from eqsurgeon.calibration import calibrate, site_records
-from eqsurgeon.checkpoint import METADATA_KEY, CalibrationMeta, rebuild_equalizers
-from eqsurgeon.data.sampler import InfiniteSampler
+from eqsurgeon.checkpoint import METADATA_KEY, rebuild_equalizers
 from eqsurgeon.errors import RecipeError
+from eqsurgeon.records import CalibrationRecord
 from eqsurgeon.reduce import ddp_reduce
 from eqsurgeon.training.config import TrainConfig
 from eqsurgeon.training.distributed import DistInfo
 from eqsurgeon.training.evaluate import to_input
+from eqsurgeon.training.sampler import InfiniteSampler
 
 # Calibration crops use epochs -1, -2, ... of the augmentation seed stream; training uses 0, 1, ...
 _CALIBRATION_EPOCH = -1
@@ -69,7 +70,7 @@ def equalize_in_loop(
         autocast_dtype=amp,
         reduce=ddp_reduce,
     )
-    meta = CalibrationMeta(
+    meta = CalibrationRecord(
         model=cfg.model.name,
         mode=result.mode,
         bn_mode=result.bn_mode,

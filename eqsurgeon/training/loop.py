@@ -21,7 +21,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from eqsurgeon.data.sampler import InfiniteSampler
 from eqsurgeon.errors import CheckpointError, DataError, RecipeError, TrainingError
 from eqsurgeon.loading import fit_state_dict
 from eqsurgeon.training import distributed, rundir
@@ -43,6 +42,7 @@ from eqsurgeon.training.losses import segmentation_loss, split_outputs
 from eqsurgeon.training.metrics import SegMetrics
 from eqsurgeon.training.model import build_model, init_record
 from eqsurgeon.training.optim import build_optimizer, build_scheduler
+from eqsurgeon.training.sampler import InfiniteSampler
 
 LogFn = Callable[[dict[str, Any]], None]
 

@@ -16,8 +16,8 @@ from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from eqsurgeon.data.transforms import sample_seed
 from eqsurgeon.errors import DataError
+from eqsurgeon.training.transforms import sample_seed
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 FORMATS = ("auto", "folder", "ade20k", "cityscapes", "voc")
@@ -73,7 +73,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
     """Reads, checks and augments (image, mask) pairs.
 
     Items are ``(image uint8 [3, H, W], mask uint8 [H, W])``. The key is an index, or ``(epoch, index)``
-    from :class:`~eqsurgeon.data.sampler.InfiniteSampler`; the transform then runs under a torch generator
+    from :class:`~eqsurgeon.training.sampler.InfiniteSampler`; the transform then runs under a torch generator
     seeded by (seed, epoch, index).
 
     Args:
@@ -84,7 +84,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         seed: run seed mixed into each sample's augmentation seed.
 
     >>> import tempfile
-    >>> from eqsurgeon.data.demo import make_demo_data
+    >>> from eqsurgeon.training.demo_data import make_demo_data
     >>> root = make_demo_data(Path(tempfile.mkdtemp()) / "d", images=2, size=32)
     >>> ds = SegmentationDataset(find_samples(root, "train"), num_classes=5)
     >>> [tuple(t.shape) for t in ds[0]]

@@ -8,7 +8,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from eqsurgeon.analysis import Analysis
-from eqsurgeon.cli.common import console
+from eqsurgeon.cli._common import console
 from eqsurgeon.report import reading
 
 

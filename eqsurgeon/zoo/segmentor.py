@@ -4,8 +4,8 @@ Mirrors MMSegmentation's ``EncoderDecoder`` with ``test_cfg=dict(mode='whole')``
 stride-4 (or stride-8) logits are resized bilinearly to the input size.
 
 >>> import torch
->>> from eqsurgeon.models.backbones import TimmBackbone
->>> from eqsurgeon.models.heads import FCNHead, UPerHead
+>>> from eqsurgeon.zoo.backbones import TimmBackbone
+>>> from eqsurgeon.zoo.heads import FCNHead, UPerHead
 >>> bb = TimmBackbone("test_convnext")
 >>> aux = FCNHead(48, 8, 3, num_convs=1, concat_input=False, in_index=2)
 >>> model = EncoderDecoder(bb, UPerHead(bb.channels, 16, 3), aux)
@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from eqsurgeon.models.layers import resize
+from eqsurgeon.zoo.layers import resize
 
 # ImageNet statistics for RGB images scaled to [0, 1] (mmseg's 0-255 values divided by 255).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

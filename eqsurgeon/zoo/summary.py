@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from eqsurgeon.models.registry import create_model, model_entry
+from eqsurgeon.registry import create_model, model_entry
 
 FLOPS_SIZE = (512, 512)
 SITES_SIZE = (64, 64)

@@ -166,7 +166,7 @@ def measured_analysis(
         inputs = synthetic_batches(size, batch_size, batches, seed, device)
         source = "synthetic"
     else:
-        from eqsurgeon.data.images import image_loader, model_normalization
+        from eqsurgeon.images import image_loader, model_normalization
 
         norm = model_normalization(model)
         mean, std = norm if norm else (None, None)

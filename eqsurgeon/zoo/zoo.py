@@ -11,7 +11,7 @@ Factories share one signature::
 keep each head's structure at toy widths on timm's test backbones, for tests, demos and the trainer's
 smoke runs.
 
->>> from eqsurgeon.models import create_model
+>>> from eqsurgeon.zoo import create_model
 >>> model = create_model("upernet_tiny", num_classes=5).eval()
 >>> import torch
 >>> model(torch.randn(1, 3, 64, 96)).shape
@@ -26,12 +26,12 @@ from pathlib import Path
 
 from torch import nn
 
-from eqsurgeon.models.aspp import ASPPHead, DepthwiseSeparableASPPHead
-from eqsurgeon.models.backbones import TimmBackbone
-from eqsurgeon.models.heads import FCNHead, PSPHead, UPerHead
-from eqsurgeon.models.registry import register_model
-from eqsurgeon.models.segformer import SegformerHead
-from eqsurgeon.models.segmentor import EncoderDecoder
+from eqsurgeon.registry import register_model
+from eqsurgeon.zoo.aspp import ASPPHead, DepthwiseSeparableASPPHead
+from eqsurgeon.zoo.backbones import TimmBackbone
+from eqsurgeon.zoo.heads import FCNHead, PSPHead, UPerHead
+from eqsurgeon.zoo.segformer import SegformerHead
+from eqsurgeon.zoo.segmentor import EncoderDecoder
 
 _CFG = "configs/"
 

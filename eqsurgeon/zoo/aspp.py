@@ -20,8 +20,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from eqsurgeon.models.heads import BaseDecodeHead
-from eqsurgeon.models.layers import ConvModule, DepthwiseSeparableConvModule, resize
+from eqsurgeon.zoo.heads import BaseDecodeHead
+from eqsurgeon.zoo.layers import ConvModule, DepthwiseSeparableConvModule, resize
 
 
 class ASPPModule(nn.ModuleList):

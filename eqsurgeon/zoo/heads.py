@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from eqsurgeon.models.layers import ConvModule, resize
+from eqsurgeon.zoo.layers import ConvModule, resize
 
 
 class BaseDecodeHead(nn.Module):

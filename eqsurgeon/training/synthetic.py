@@ -9,7 +9,7 @@ class SyntheticDataset(torch.utils.data.Dataset):
     """``size`` distinct random (image uint8 [3, H, W], mask uint8 [H, W]) pairs, made once and kept.
 
     Masks are blocky (8×8-pixel cells) so a model has something to fit; keys may be an index or
-    ``(epoch, index)`` like :class:`~eqsurgeon.data.segmentation.SegmentationDataset`.
+    ``(epoch, index)`` like :class:`~eqsurgeon.training.segmentation.SegmentationDataset`.
 
     >>> ds = SyntheticDataset((32, 48), num_classes=4, size=2)
     >>> [tuple(t.shape) for t in ds[(5, 1)]]
