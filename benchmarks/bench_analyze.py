@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import torch
 
-from eqsurgeon.analysis import analyze
+from eqsurgeon.api import analyze
 from eqsurgeon.capture import _Tracer
 from eqsurgeon.state import preserved_state
 from eqsurgeon.zoo import create_model, list_models
@@ -35,11 +35,11 @@ def main() -> None:
     model = create_model(name).to(device)
     x = torch.randn(args.batch_size, 3, size, size, device=device)
 
-    result = analyze(model, [x])  # warm-up, and tells which frontend analyze uses
+    result = analyze(model, [x]).analysis  # warm-up, and tells which frontend analyze uses
     frontend = result.frontend
     t_analyze, t_capture, t_forward = [], [], []
     for _ in range(args.repeats):
-        t_analyze.append(_timed(device, lambda: analyze(model, [x])))
+        t_analyze.append(_timed(device, lambda: analyze(model, [x]).analysis))
         t_capture.append(_timed(device, lambda: _bare_capture(model, x, frontend)))
         t_forward.append(_timed(device, lambda: _plain_forward(model, x)))
     a, c, f = (statistics.median(t) for t in (t_analyze, t_capture, t_forward))

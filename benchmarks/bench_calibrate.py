@@ -32,10 +32,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eqsurgeon.calibration import CalibrationResult, calibrate, measure_step
-from eqsurgeon.images import image_loader, model_normalization
+from eqsurgeon.calibration import CalibrationOptions, CalibrationResult, calibrate
+from eqsurgeon.images import IMAGENET_MEAN, IMAGENET_STD, LoaderOptions, image_loader, model_normalization
 from eqsurgeon.loading import load_model
-from eqsurgeon.measure import MomentHooks, measuring_mode
+from eqsurgeon.measure import MomentHooks, PassOptions, measure_step, measuring_mode
 from eqsurgeon.records import FusionSite
 from eqsurgeon.sites import find_sites
 from fixtures.calibration import make_images
@@ -59,12 +59,12 @@ def main() -> None:
     torch.manual_seed(0)
     device = torch.device(args.device)
     model = load_model(args.model).to(device)
-    mean, std = model_normalization(model) or (None, None)
+    mean, std = model_normalization(model) or (IMAGENET_MEAN, IMAGENET_STD)
     amp = torch.bfloat16 if args.amp else None
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = image_folder(Path(tmp) / "images", args.images, args.size + args.size // 4)
-        loader, _ = image_loader(folder, (args.size, args.size), args.batch_size, mean, std, workers=0)
+        loader, _ = image_loader(folder, LoaderOptions((args.size, args.size), args.batch_size, mean, std))
         batches = [b.to(device) for b, _ in zip(loader, range(args.batches), strict=False)]
         sites = [s for s in find_sites(model, batches[0]) if s.ok]
         plain, measuring = throughput(model, sites, batches, args.repeats, amp)
@@ -148,17 +148,22 @@ def throughput(
         hooks = [MomentHooks(model, [site]) for site in sites]
         for i in range(repeats + 1):
             for b in batches:
-                for site, hook in zip(sites, hooks, strict=True):
+                for hook in hooks:
                     t_plain = _timed(lambda b=b: _plain(model, b, amp), b)
                     with hook:
                         t_meas = _timed(
-                            lambda b=b, h=hook, s=site: measure_step(model, b, h, s.layer, 0, amp), b
+                            lambda b=b, h=hook: measure_step(model, b, h, 0, PassOptions(autocast_dtype=amp)), b
                         )
                     if i > 0:  # the first round warms up allocators and cudnn autotuning
                         plain += t_plain
                         measuring += t_meas
                         images += b.shape[0]
     return images / plain, images / measuring
+
+
+def _folder_options(args: argparse.Namespace, mean: Norm, std: Norm) -> LoaderOptions:
+    size = (args.size, args.size)
+    return LoaderOptions(size, args.batch_size, mean, std, args.workers, pin_memory=args.device.startswith("cuda"))
 
 
 def _plain(model: nn.Module, b: torch.Tensor, amp: torch.dtype | None) -> None:
@@ -170,11 +175,10 @@ def end_to_end(
     model: nn.Module, folder: Path, args: argparse.Namespace, mean: Norm, std: Norm, amp: torch.dtype | None
 ) -> tuple[dict, CalibrationResult]:
     """calibrate() from the folder with --workers, as the CLI runs it; images/s over all site passes."""
-    loader, _ = image_loader(folder, (args.size, args.size), args.batch_size, mean, std, workers=args.workers,
-                             pin_memory=args.device.startswith("cuda"))  # fmt: skip
+    loader, _ = image_loader(folder, _folder_options(args, mean, std))
     start = time.perf_counter()
-    result = calibrate(copy.deepcopy(model), loader, tolerance=args.tolerance, device=args.device,
-                       autocast_dtype=amp)  # fmt: skip
+    options = CalibrationOptions(tolerance=args.tolerance, autocast_dtype=amp)
+    result = calibrate(copy.deepcopy(model), loader, options, device=args.device)
     _sync(args.device)
     elapsed = time.perf_counter() - start
     images = sum(s.images for s in result.sites)
@@ -191,9 +195,9 @@ def convergence(
     early: CalibrationResult,
 ) -> dict:
     """σ after convergence (``early``, from end_to_end) against σ over every image of the folder."""
-    loader, _ = image_loader(folder, (args.size, args.size), args.batch_size, mean, std, workers=args.workers,
-                             pin_memory=args.device.startswith("cuda"))  # fmt: skip
-    full = calibrate(copy.deepcopy(model), loader, tolerance=1e-12, device=args.device, autocast_dtype=amp)
+    loader, _ = image_loader(folder, _folder_options(args, mean, std))
+    options = CalibrationOptions(tolerance=1e-12, autocast_dtype=amp)
+    full = calibrate(copy.deepcopy(model), loader, options, device=args.device)
     diffs = [
         abs(a.std / b.std - 1)
         for se, sf in zip(early.sites, full.sites, strict=True)

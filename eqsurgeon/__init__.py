@@ -1,34 +1,59 @@
 """eqsurgeon: find and repair scale disequilibrium at the feature-fusion sites of segmentation networks.
 
+The library calls (``analyze``, ``check``, ``calibrate``, ``verify``) and the stages they are made of
+are imported on first use, so ``import eqsurgeon`` (and ``eqsurgeon --help``) imports no torch.
+
 >>> import eqsurgeon
->>> [n for n in eqsurgeon.__all__ if n in ('find_sites', 'measure', 'load')]
-['find_sites', 'load', 'measure']
+>>> [n for n in eqsurgeon.__all__ if n in ('analyze', 'find_sites', 'measure', 'load')]
+['analyze', 'find_sites', 'load', 'measure']
 """
 
-from eqsurgeon.checkpoint import load
-from eqsurgeon.loading import load_model
-from eqsurgeon.measure import Measurement, MomentHooks, measure
-from eqsurgeon.modules import ScaleEqualizer
-from eqsurgeon.records import AddSite, FusionSite, Moments, Subject, Upsample
-from eqsurgeon.registry import register_autowrap_function, register_leaf_module, register_upsample_function
-from eqsurgeon.sites import find_sites
+from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+from typing import Any
 
-__all__ = [
-    "AddSite",
-    "FusionSite",
-    "Measurement",
-    "MomentHooks",
-    "Moments",
-    "ScaleEqualizer",
-    "Subject",
-    "Upsample",
-    "find_sites",
-    "load",
-    "load_model",
-    "measure",
-    "register_autowrap_function",
-    "register_leaf_module",
-    "register_upsample_function",
-]
+__version__ = "0.2.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    "analyze": "eqsurgeon.api",
+    "check": "eqsurgeon.api",
+    "calibrate": "eqsurgeon.api",
+    "verify": "eqsurgeon.api",
+    "ModelRef": "eqsurgeon.api",
+    "DataOptions": "eqsurgeon.api",
+    "MeasureOptions": "eqsurgeon.api",
+    "CalibrationOptions": "eqsurgeon.calibration",
+    "AddSite": "eqsurgeon.records",
+    "CalibrationRecord": "eqsurgeon.records",
+    "FusionSite": "eqsurgeon.records",
+    "Moments": "eqsurgeon.records",
+    "Subject": "eqsurgeon.records",
+    "Upsample": "eqsurgeon.records",
+    "Measurement": "eqsurgeon.measure",
+    "MomentHooks": "eqsurgeon.measure",
+    "measure": "eqsurgeon.measure",
+    "find_sites": "eqsurgeon.sites",
+    "load": "eqsurgeon.io",
+    "load_model": "eqsurgeon.loading",
+    "ScaleEqualizer": "eqsurgeon.modules",
+    "register_autowrap_function": "eqsurgeon.registry",
+    "register_leaf_module": "eqsurgeon.registry",
+    "register_model": "eqsurgeon.registry",
+    "register_upsample_function": "eqsurgeon.registry",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'eqsurgeon' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -1,10 +1,9 @@
 """Calibrate: measure each fusion site on real images until σ converges, then equalize it (Algorithm 1).
 
-Sites are handled one at a time in topological order (``find_sites`` order). Equalizing a site changes
-everything downstream of it, so each site gets its own measuring pass over ``batches``, run after every
-earlier site was folded or wrapped. A pass stops when the relative standard error of every input's σ,
-estimated across batches (delta method on each batch's mean and variance), is below ``tolerance``
-with 95% confidence (``Moments.std_rel_se_bound``; after ``min_batches``), or at ``max_images``.
+A per-site loop, measure → decide scales → apply, in topological order (``find_sites`` order).
+Equalizing a site changes everything downstream of it, so each site gets its own measuring pass
+(``eqsurgeon.measure.measure_until``) over ``batches``, run after every earlier site was folded or
+wrapped.
 
     pass 1: measure site A ──▶ fold A        pass 2: measure site B (sees A folded) ──▶ fold B
 """
@@ -12,22 +11,82 @@ with 95% confidence (``Moments.std_rel_se_bound``; after ``min_batches``), or at
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import nullcontext
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from eqsurgeon.analysis import var_ratio
+from eqsurgeon.bias import next_modules, wants_bias
 from eqsurgeon.equalize import InputStat, compute_scales, fold_into, insert_equalizers
-from eqsurgeon.errors import EqSurgeonError
-from eqsurgeon.measure import MomentHooks, measuring_mode
-from eqsurgeon.records import FusionSite, InputRecord, Moments, SiteRecord, Subject
-from eqsurgeon.reduce import MeasureState
+from eqsurgeon.errors import EqSurgeonError, check_choice, check_range
+from eqsurgeon.measure import MeasureState, PassOptions, StopRule, measure_until
+from eqsurgeon.records import (
+    CalibrationRecord,
+    FusionSite,
+    InputRecord,
+    Moments,
+    SiteRecord,
+    Status,
+    Subject,
+)
+from eqsurgeon.stats import var_ratio
 
 MODES = ("fold", "insert")
 BIAS_CORRECTIONS = ("auto", "on", "off")
+
+
+@dataclass(frozen=True)
+class CalibrationOptions:
+    """How to calibrate; every value is checked when the record is made.
+
+    Attributes:
+        mode: "fold" (scale weight slices, same state-dict keys) or "insert" (``EqualizedInput`` wrappers).
+        bias_correction: "on", "off" or "auto": fold −Σ W_i μ_i/σ_i into the bias unless the module run
+            right after the fusing layer removes per-channel constants anyway (BatchNorm on batch
+            statistics, InstanceNorm). Never for insert mode, whose equalizers subtract μ themselves.
+        bn_mode: "auto", "batch" or "eval" (see ``eqsurgeon.measure.measuring_mode``).
+        tolerance: stop a pass when every input's σ has a relative standard error below this, with 95%
+            confidence (see ``eqsurgeon.measure.StopRule``).
+        max_images: stop a pass after this many images, converged or not.
+        min_batches: batches a pass measures at least.
+        frontend: capture frontend when the sites are not given.
+        autocast_dtype: run forwards under ``torch.autocast`` with this dtype (e.g. torch.bfloat16).
+    """
+
+    mode: str = "fold"
+    bias_correction: str = "auto"
+    bn_mode: str = "auto"
+    tolerance: float = 0.005
+    max_images: int | None = None
+    min_batches: int = 8
+    frontend: str = "auto"
+    autocast_dtype: torch.dtype | None = None
+
+    def __post_init__(self) -> None:
+        from eqsurgeon.measure import BN_MODES
+
+        check_choice("mode", self.mode, MODES)
+        check_choice("bias_correction", self.bias_correction, BIAS_CORRECTIONS)
+        check_choice("bn_mode", self.bn_mode, BN_MODES)
+        check_range("tolerance", self.tolerance, 0, 1)
+        check_range("min_batches", self.min_batches, 0)
+        if self.max_images is not None:
+            check_range("max_images", self.max_images, 0)
+
+
+@dataclass(frozen=True)
+class RecordSource:
+    """Where a calibration came from, for its record. ``image_mean``/``image_std`` on the 0–1 scale."""
+
+    model: str
+    data_fingerprint: str
+    model_kwargs: Mapping[str, object] = field(default_factory=dict)
+    seed: int | None = None
+    input_size: tuple[int, int] | None = None
+    image_mean: tuple[float, ...] | None = None
+    image_std: tuple[float, ...] | None = None
+    skipped_files: int = 0
 
 
 @dataclass(frozen=True)
@@ -49,7 +108,7 @@ class SiteCalibration:
     site: FusionSite
     moments: tuple[Moments, ...]
     scales: tuple[float, ...] | None
-    status: str
+    status: Status
     reason: str | None = None
     images: int = 0
     bias_corrected: bool = False
@@ -96,17 +155,10 @@ class CalibrationResult:
 def calibrate(
     model: nn.Module,
     batches: Iterable[torch.Tensor],
+    options: CalibrationOptions | None = None,
     *,
     sites: Sequence[FusionSite] | None = None,
-    mode: str = "fold",
-    bias_correction: str = "auto",
-    bn_mode: str = "auto",
-    tolerance: float = 0.005,
-    max_images: int | None = None,
-    min_batches: int = 8,
-    frontend: str = "auto",
     device: torch.device | str | None = None,
-    autocast_dtype: torch.dtype | None = None,
     reduce: Callable[[MeasureState], MeasureState] | None = None,
     progress: Callable[[Progress], None] | None = None,
 ) -> CalibrationResult:
@@ -116,137 +168,107 @@ def calibrate(
         model: the eager model; changed in place. Its buffers and train/eval flags are restored.
         batches: image tensors [N, 3, H, W]. Iterated once per equalized site, so pass something that can
             be iterated again (a DataLoader, a list) when the model has more than one site.
+        options: see :class:`CalibrationOptions`.
         sites: from ``find_sites``; found on the first batch when None.
-        mode: "fold" (scale weight slices, same state-dict keys) or "insert" (``EqualizedInput`` wrappers).
-        bias_correction: "on", "off" or "auto": fold −Σ W_i μ_i/σ_i into the bias unless the module run
-            right after the fusing layer removes per-channel constants anyway (BatchNorm on batch
-            statistics, InstanceNorm). Never for insert mode, whose equalizers subtract μ themselves.
-        bn_mode: "auto", "batch" or "eval" (see ``eqsurgeon.measure.measuring_mode``).
-        tolerance: stop a pass when every input's σ has a relative standard error below this, with 95%
-            confidence (the estimated standard error times a chi-square factor for the batches seen).
-        max_images: stop a pass after this many images, converged or not.
-        min_batches: batches a pass measures at least, so the standard error itself is not a fluke (its own
-            relative uncertainty is about 1/sqrt(2 (batches − 1)): 41% at 4 batches, 27% at 8).
-        frontend: capture frontend when ``sites`` is None.
         device: move each batch there (non-blocking) before the forward.
-        autocast_dtype: run forwards under ``torch.autocast`` with this dtype (e.g. torch.bfloat16).
         reduce: called after every batch with this rank's ``MeasureState``, returns the state pooled over
-            all DDP ranks (see ``ddp_reduce``); every rank then takes the same stopping decision.
+            all DDP ranks (``eqsurgeon.measure.ddp_reduce``); every rank then stops at the same batch.
         progress: called after every batch.
 
     Raises:
         EqSurgeonError: the model has no equalizable site, or no site could be equalized.
 
-    >>> from eqsurgeon.sites import Subject
+    >>> from eqsurgeon.records import Subject
     >>> conv = nn.Conv2d(4, 2, 1)
     >>> site = FusionSite("", "conv2d", 1, (Subject((0, 2), "a"), Subject((2, 4), "b")))
     >>> x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     >>> data = [x * torch.tensor([1.0, 1.0, 3.0, 3.0]).view(1, 4, 1, 1)] * 4
-    >>> result = calibrate(conv, data, sites=[site], min_batches=1)
+    >>> result = calibrate(conv, data, CalibrationOptions(min_batches=1), sites=[site])
     >>> [round(s, 1) for s in result.sites[0].scales]
     [1.0, 0.3]
     """
-    _check_choices(mode, bias_correction, tolerance)
+    opts = options or CalibrationOptions()
     to_device = (lambda x: x.to(device, non_blocking=True)) if device is not None else (lambda x: x)
     first = _first(batches)
     if iter(batches) is batches:  # a one-shot iterator: give the first batch back to the only pass
         batches = _Replay(first, batches)
+    todo = _sites_to_do(model, to_device(first), sites, opts.frontend)
+    if len(todo) > 1 and isinstance(batches, _Replay):
+        raise ValueError("calibrate needs re-iterable batches (a list or DataLoader) for several sites")
+    follows = {}
+    if opts.mode == "fold" and opts.bias_correction == "auto":
+        follows = next_modules(model, [s.layer for s in todo], to_device(first), opts.bn_mode)
+    rule = StopRule(opts.tolerance, opts.min_batches, opts.max_images)
+    done: dict[str, SiteCalibration] = {}
+    resolved = opts.bn_mode
+    for index, site in enumerate(todo):
+        report = _reporter(progress, index, len(todo), site.layer, opts.max_images)
+        pass_options = PassOptions(opts.bn_mode, opts.autocast_dtype, reduce, report)
+        moments, images, resolved = measure_until(model, site, map(to_device, batches), rule, pass_options)
+        bias = wants_bias(opts.bias_correction, follows.get(site.layer), resolved)
+        done[site.layer] = _equalize_site(model, site, moments, images, opts.mode, bias)
+    found = sites if sites is not None else todo
+    results = tuple(done.get(s.layer) or SiteCalibration(s, (), None, "skipped", s.reason) for s in found)
+    equalized = [s for s in results if s.status == "ok"]
+    if not equalized:
+        reasons = "; ".join(f"{s.site.layer}: {s.reason}" for s in results)
+        raise EqSurgeonError(f"no site could be equalized ({reasons}); check the model and the images")
+    converged = all(s.std_rel_se_bound < opts.tolerance for s in equalized)
+    return CalibrationResult(results, opts.mode, resolved, opts.bias_correction, opts.tolerance, converged)
+
+
+def build_record(result: CalibrationResult, source: RecordSource) -> CalibrationRecord:
+    """The calibration record of ``result``: what ``calibrate`` and the trainer store with the weights.
+
+    >>> from eqsurgeon.records import Subject
+    >>> site = FusionSite("", "conv2d", 1, (Subject((0, 2), "a"),))
+    >>> cal = SiteCalibration(site, (Moments(8, 0.0, 4.0, 2, 0.1),), (0.5,), "ok", images=2)
+    >>> result = CalibrationResult((cal,), "fold", "batch", "auto", 0.005, False)
+    >>> build_record(result, RecordSource("m", "ab")).sites[0].inputs[0].std
+    2.0
+    """
+    return CalibrationRecord(
+        model=source.model,
+        mode=result.mode,
+        bn_mode=result.bn_mode,
+        images=result.images,
+        data_fingerprint=source.data_fingerprint,
+        model_kwargs=dict(source.model_kwargs),
+        bias_correction=result.bias_correction,
+        tolerance=result.tolerance,
+        converged=result.converged,
+        seed=source.seed,
+        input_size=source.input_size,
+        image_mean=source.image_mean,
+        image_std=source.image_std,
+        skipped_files=source.skipped_files,
+        sites=tuple(_record(s) for s in result.sites),
+        tool_version=_version(),
+    )
+
+
+def _sites_to_do(
+    model: nn.Module, first: torch.Tensor, sites: Sequence[FusionSite] | None, frontend: str
+) -> list[FusionSite]:
     if sites is None:
         from eqsurgeon.sites import find_sites
 
-        sites = find_sites(model, to_device(first), frontend)
+        sites = find_sites(model, first, frontend)
     todo = [s for s in sites if s.ok]
     if not todo:
         raise EqSurgeonError(
             "the model has no equalizable fusion site (upsample → concat → conv); nothing to calibrate — "
             "run `eqsurgeon analyze` to see what was found"
         )
-    if len(todo) > 1 and isinstance(batches, _Replay):
-        raise ValueError("calibrate needs re-iterable batches (a list or DataLoader) for several sites")
-    follows = {}
-    if mode == "fold" and bias_correction == "auto":
-        follows = _next_modules(model, [s.layer for s in todo], to_device(first), bn_mode)
-    done: dict[str, SiteCalibration] = {}
-    resolved = bn_mode
-    for index, site in enumerate(todo):
-
-        def report(images: int, se: float, _i: int = index, _layer: str = site.layer) -> None:
-            if progress is not None:
-                progress(Progress(_i, len(todo), _layer, images, max_images, se))
-
-        moments, images, resolved = _measure_site(
-            model, site, map(to_device, batches), bn_mode, tolerance, max_images, min_batches,
-            autocast_dtype, reduce, report,
-        )  # fmt: skip
-        done[site.layer] = _equalize_site(
-            model,
-            site,
-            moments,
-            images,
-            mode,
-            _wants_bias(bias_correction, follows.get(site.layer), resolved),
-        )
-    results = tuple(done.get(s.layer) or SiteCalibration(s, (), None, "skipped", s.reason) for s in sites)
-    equalized = [s for s in results if s.status == "ok"]
-    if not equalized:
-        reasons = "; ".join(f"{s.site.layer}: {s.reason}" for s in results)
-        raise EqSurgeonError(f"no site could be equalized ({reasons}); check the model and the images")
-    converged = all(s.std_rel_se_bound < tolerance for s in equalized)
-    return CalibrationResult(results, mode, resolved, bias_correction, tolerance, converged)
+    return todo
 
 
-def site_records(result: CalibrationResult) -> tuple[SiteRecord, ...]:
-    """The per-site part of a checkpoint's ``eqsurgeon`` metadata."""
-    return tuple(_record(s) for s in result.sites)
-
-
-def _measure_site(
-    model: nn.Module,
-    site: FusionSite,
-    batches: Iterator[torch.Tensor],
-    bn_mode: str,
-    tolerance: float,
-    max_images: int | None,
-    min_batches: int,
-    autocast_dtype: torch.dtype | None,
-    reduce: Callable[[MeasureState], MeasureState] | None,
-    report: Callable[[int, float], None],
-) -> tuple[tuple[Moments, ...], int, str]:
-    state = MeasureState(0, {})
-    images = 0
-    with measuring_mode(model, bn_mode) as resolved, MomentHooks(model, [site]) as hooks, torch.no_grad():
-        for batch in batches:
-            if resolved == "batch" and batch.shape[0] < 2:
-                continue  # BN cannot take batch statistics of one image (a short last batch)
-            images += batch.shape[0]
-            state, se = measure_step(model, batch, hooks, site.layer, images, autocast_dtype, reduce)
-            report(state.images, se)
-            enough = all(m.batches >= min_batches for m in state.moments[site.layer]) and se < tolerance
-            if enough or (max_images is not None and state.images >= max_images):
-                break
-    return state.moments.get(site.layer, ()), state.images, resolved
-
-
-def measure_step(
-    model: nn.Module,
-    batch: torch.Tensor,
-    hooks: MomentHooks,
-    layer: str,
-    images: int,
-    autocast_dtype: torch.dtype | None = None,
-    reduce: Callable[[MeasureState], MeasureState] | None = None,
-) -> tuple[MeasureState, float]:
-    """One measuring forward: run the batch under ``hooks``, pool, and return the worst bound on a σ's
-    relative standard error (``Moments.std_rel_se_bound``).
-
-    This is the unit the benchmark times against a plain forward.
-    """
-    with _autocast(batch, autocast_dtype):
-        model(batch)
-    state = MeasureState(images, hooks.moments())
-    if reduce is not None:
-        state = reduce(state)
-    return state, max(m.std_rel_se_bound for m in state.moments[layer])
+def _reporter(
+    progress: Callable[[Progress], None] | None, index: int, total: int, layer: str, max_images: int | None
+) -> Callable[[int, float], None] | None:
+    if progress is None:
+        return None
+    return lambda images, bound: progress(Progress(index, total, layer, images, max_images, bound))
 
 
 def _equalize_site(
@@ -273,42 +295,6 @@ def _equalize_site(
     return SiteCalibration(
         site, tuple(moments), decision.scales, "ok", None, images, folded.bias_corrected, note
     )
-
-
-def _wants_bias(choice: str, next_module: nn.Module | None, bn_mode: str) -> tuple[bool, str | None]:
-    # (fold the means into the bias?, why not when not)
-    if choice != "auto":
-        return choice == "on", None if choice == "on" else "--bias-correction off"
-    name = type(next_module).__name__
-    if isinstance(next_module, nn.modules.batchnorm._BatchNorm) and bn_mode == "batch":
-        return False, f"{name} follows: batch statistics remove a per-channel shift"
-    if isinstance(next_module, nn.modules.instancenorm._InstanceNorm):
-        return False, f"{name} follows: it removes a per-channel shift"
-    return True, None  # BN on running statistics, LayerNorm and GroupNorm keep a per-channel shift
-
-
-def _next_modules(
-    model: nn.Module, layers: Sequence[str], batch: torch.Tensor, bn_mode: str
-) -> dict[str, nn.Module | None]:
-    # The leaf module that runs right after each fusing layer, from one forward: execution order is what
-    # matters (a ConvModule may define its norm before its conv), module definition order is not.
-    calls: list[str] = []
-    handles = [
-        m.register_forward_hook(lambda _m, _a, _o, _n=name: calls.append(_n))
-        for name, m in model.named_modules()
-        if not any(True for _ in m.children())
-    ]
-    try:
-        with measuring_mode(model, bn_mode), torch.no_grad():
-            model(batch)
-    finally:
-        for h in handles:
-            h.remove()
-    follows: dict[str, nn.Module | None] = {}
-    for layer in layers:
-        if layer in calls and calls.index(layer) + 1 < len(calls):
-            follows[layer] = model.get_submodule(calls[calls.index(layer) + 1])
-    return follows
 
 
 class _Replay:
@@ -354,20 +340,13 @@ def _finite(x: float | None) -> float | None:
     return x if x is not None and math.isfinite(x) else None
 
 
-def _autocast(batch: torch.Tensor, dtype: torch.dtype | None) -> object:
-    return torch.autocast(batch.device.type, dtype=dtype) if dtype is not None else nullcontext()
-
-
 def _first(batches: Iterable[torch.Tensor]) -> torch.Tensor:
     for batch in batches:
         return batch
     raise EqSurgeonError("no batch to calibrate on; pass --data a folder with images")
 
 
-def _check_choices(mode: str, bias_correction: str, tolerance: float) -> None:
-    if mode not in MODES:
-        raise EqSurgeonError(f"--mode {mode!r} is unknown; use fold or insert")
-    if bias_correction not in BIAS_CORRECTIONS:
-        raise EqSurgeonError(f"--bias-correction {bias_correction!r} is unknown; use auto, on or off")
-    if not (0 < tolerance < 1):
-        raise EqSurgeonError(f"--tolerance {tolerance} must be between 0 and 1, e.g. 0.005")
+def _version() -> str:
+    from eqsurgeon import __version__
+
+    return __version__

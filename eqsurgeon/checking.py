@@ -2,20 +2,17 @@
 
 The *effective* var_ratio of a site counts what the model will see in training: ``ScaleEqualizer``
 modules already sit in the measured path, and scales folded into weights by ``calibrate`` (recorded in
-the checkpoint's ``eqsurgeon`` metadata) multiply each input's variance by scale².
+the checkpoint's calibration record) multiply each input's variance by scale².
 """
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 
-from eqsurgeon.analysis import Analysis
+from eqsurgeon.records import Analysis, CalibrationRecord
 
 DEFAULT_MAX_RATIO = 1.5
-METADATA_KEY = "eqsurgeon"
 
 
 @dataclass(frozen=True)
@@ -38,18 +35,18 @@ class CheckResult:
 
 
 def check(
-    analysis: Analysis, max_ratio: float = DEFAULT_MAX_RATIO, metadata: Mapping[str, str] | None = None
+    analysis: Analysis, max_ratio: float = DEFAULT_MAX_RATIO, record: CalibrationRecord | None = None
 ) -> CheckResult:
     """Verdict per site: an equalizable site passes when its effective var_ratio ≤ ``max_ratio``.
 
     Skipped sites cannot be equalized and never fail the check.
 
-    >>> from eqsurgeon.analysis import InputInfo
+    >>> from eqsurgeon.records import InputInfo
     >>> empty = Analysis("m", "fx", None, "eval", InputInfo("synthetic", 1, (8, 8)), (), ())
     >>> check(empty).passed
     True
     """
-    folded = folded_scales(metadata or {})
+    folded = folded_scales(record)
     verdicts = []
     for site in analysis.sites:
         if not site.ok:
@@ -57,7 +54,7 @@ def check(
             continue
         scales = folded.get(site.layer)
         if scales is not None and len(scales) != len(site.subjects):
-            scales = None  # metadata from another model version: judge the raw scales
+            scales = None  # a record from another model version: judge the raw scales
         ratio = analysis.var_ratio(site, scales)
         ok = ratio is not None and math.isfinite(ratio) and ratio <= max_ratio
         note = "equilibrium" if ok else f"var_ratio above {max_ratio:g}: run `eqsurgeon calibrate`"
@@ -65,16 +62,9 @@ def check(
     return CheckResult(tuple(verdicts), max_ratio)
 
 
-def folded_scales(metadata: Mapping[str, str]) -> dict[str, list[float]]:
-    """Per-layer input scales folded into weights, read from a calibrated checkpoint's metadata."""
-    raw = metadata.get(METADATA_KEY)
-    if not raw:
+def folded_scales(record: CalibrationRecord | None) -> dict[str, tuple[float, ...]]:
+    """Per-layer input scales folded into weights, from a calibration record (insert mode: none, since
+    its equalizers are modules in the measured path)."""
+    if record is None or record.mode != "fold":
         return {}
-    info = json.loads(raw)
-    if info.get("mode") != "fold":
-        return {}  # insert mode: the equalizers are modules and are measured directly
-    return {
-        site["layer"]: [float(inp["scale"]) for inp in site["inputs"]]
-        for site in info.get("sites", [])
-        if site.get("status", "ok") == "ok"
-    }
+    return {site.layer: tuple(float(i.scale) for i in site.inputs) for site in record.equalized_sites}

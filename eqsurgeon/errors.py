@@ -37,3 +37,62 @@ class TrainingError(EqSurgeonError):
 
 class OutputExistsError(EqSurgeonError):
     """An output file exists and ``--force`` was not given."""
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message, whole sentences only, for a one-line error.
+
+    >>> one_line(ValueError("bad shape\\nTraceback..."))
+    'bad shape'
+    """
+    import re
+
+    lines = [s for s in (ln.strip() for ln in str(exc).splitlines()) if s]
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", lines[0] if lines else type(exc).__name__)
+    if len(text) <= limit:
+        return text
+    cut = text[:limit]
+    end = max(cut.rfind(". "), cut.rfind("; "))
+    return cut[: end + 1] if end > limit // 3 else cut.rstrip() + "…"
+
+
+class OptionError(EqSurgeonError):
+    """An option of a library call has a value it cannot take.
+
+    The message names the parameter as the API spells it (``bn_mode='x' is unknown; ...``); the CLI and
+    the recipe loader re-word it with :meth:`render` as the flag or recipe key the user wrote.
+
+    >>> str(OptionError("bn_mode", "x", "is unknown; use auto, batch or eval"))
+    "bn_mode='x' is unknown; use auto, batch or eval"
+    >>> OptionError("bn_mode", "x", "is unknown").render("--bn-mode ")
+    "--bn-mode 'x' is unknown"
+    """
+
+    def __init__(self, name: str, value: object, problem: str) -> None:
+        self.name, self.value, self.problem = name, value, problem
+        super().__init__(self.render(f"{name}="))
+
+    def render(self, label: str) -> str:
+        """The message with ``label`` (a flag or recipe key) in place of ``name=``."""
+        return f"{label}{self.value!r} {self.problem}"
+
+
+def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    """Raise :class:`OptionError` unless ``value`` is one of ``choices``.
+
+    >>> check_choice("mode", "fold", ("fold", "insert"))
+    """
+    if value not in choices:
+        raise OptionError(name, value, f"is unknown; use {', '.join(choices[:-1])} or {choices[-1]}")
+
+
+def check_range(name: str, value: float, low: float | None = None, high: float | None = None) -> None:
+    """Raise :class:`OptionError` unless ``low < value < high`` (an open bound where given).
+
+    >>> check_range("tolerance", 0.5, 0, 1)
+    """
+    if (low is not None and not value > low) or (high is not None and not value < high):
+        where = " and ".join(
+            p for p in (f"above {low:g}" if low is not None else "", f"below {high:g}" if high else "") if p
+        )
+        raise OptionError(name, value, f"is out of range; it must be {where}")

@@ -8,14 +8,14 @@ gives the same statistics. Corrupt files never crash a run:
 - A file whose header is fine but whose pixel data is broken (a truncated JPEG, a bad PNG chunk) only
   fails when decoded, inside a loader worker. The dataset returns a sentinel instead of raising, the
   collate function drops it and passes its path along, and ``ImageLoader`` records it in ``skipped``.
-  Verifying every file at discovery would decode the whole folder twice, which is what ``--max-images``
+  Verifying every file at discovery would decode the whole folder twice, which is what ``max_images``
   exists to avoid.
 
 >>> import tempfile, numpy as np
 >>> from PIL import Image
 >>> root = Path(tempfile.mkdtemp())
 >>> Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "a.png")
->>> loader, source = image_loader(root, size=(4, 4), batch_size=2)
+>>> loader, source = image_loader(root, LoaderOptions(size=(4, 4), batch_size=2))
 >>> [tuple(x.shape) for x in loader], len(source.paths)
 ([(1, 3, 4, 4)], 1)
 """
@@ -36,11 +36,49 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as tvf
 
-from eqsurgeon.errors import DataError
+from eqsurgeon.errors import DataError, OptionError, check_range
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class LoaderOptions:
+    """How :func:`image_loader` reads a folder.
+
+    Attributes:
+        size: (height, width) of every image tensor.
+        batch_size: images per batch (a batch can be smaller when files fail to decode).
+        mean: per-channel mean, in [0, 1] units. See ``model_normalization``.
+        std: per-channel std, in [0, 1] units.
+        workers: loader worker processes (0 decodes in this process).
+        max_images: keep only this many images.
+        seed: seeds the shuffle of the sorted file list, so a ``max_images`` subset is a random sample of
+            the folder rather than its alphabetically first files, and equal seeds give equal orders.
+        pin_memory: pin batches for faster host-to-GPU copies; default: when CUDA is available.
+    """
+
+    size: tuple[int, int] = (512, 512)
+    batch_size: int = 8
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    workers: int = 0
+    max_images: int | None = None
+    seed: int = 0
+    pin_memory: bool | None = None
+
+    def __post_init__(self) -> None:
+        check_range("batch_size", self.batch_size, 0)
+        check_range("workers", self.workers, -1)
+        if self.max_images is not None:
+            check_range("max_images", self.max_images, 0)
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if len(values) != 3 or not all(math.isfinite(v) for v in values):
+                raise OptionError(name, values, "needs 3 finite values, e.g. 0.485,0.456,0.406")
+        if min(self.std) <= 0:
+            raise OptionError("std", self.std, "needs positive values, e.g. 0.229,0.224,0.225")
 
 
 @dataclass(frozen=True)
@@ -93,11 +131,11 @@ def scan_images(root: Path | str) -> ImageSource:
     >>> scan_images("/nonexistent")
     Traceback (most recent call last):
     ...
-    eqsurgeon.errors.DataError: image folder /nonexistent not found; pass --data a folder of jpg/png images
+    eqsurgeon.errors.DataError: image folder /nonexistent not found; pass a folder of jpg/png images
     """
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"image folder {root} not found; pass --data a folder of jpg/png images")
+        raise DataError(f"image folder {root} not found; pass a folder of jpg/png images")
     candidates = sorted(
         (p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
         key=lambda p: p.relative_to(root).as_posix(),
@@ -113,7 +151,7 @@ def scan_images(root: Path | str) -> ImageSource:
     if not paths:
         what = f"{len(skipped)} unreadable file(s), e.g. {skipped[0].path.name}" if skipped else "no image"
         raise DataError(
-            f"no usable image in {root} ({what}); pass --data a folder of "
+            f"no usable image in {root} ({what}); pass a folder of "
             f"{'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} images"
         )
     return ImageSource(tuple(paths), tuple(skipped), root)
@@ -227,34 +265,18 @@ class ImageLoader(DataLoader):
         if self.images_seen == 0:
             raise DataError(
                 f"none of the {len(self.dataset)} image(s) from {self.source.root} could be decoded (e.g. "
-                f"{self.failed[0].path.name}: {self.failed[0].reason}); pass --data a folder of valid images"
+                f"{self.failed[0].path.name}: {self.failed[0].reason}); pass a folder of valid images"
             )
 
 
 def image_loader(
-    root_or_source: Path | str | ImageSource,
-    size: tuple[int, int] = (512, 512),
-    batch_size: int = 8,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    workers: int = 0,
-    max_images: int | None = None,
-    seed: int = 0,
-    pin_memory: bool | None = None,
+    root_or_source: Path | str | ImageSource, options: LoaderOptions | None = None
 ) -> tuple[ImageLoader, ImageSource]:
     """A loader over a folder's images, resized to cover ``size``, centre-cropped and normalized.
 
     Args:
         root_or_source: folder to scan, or the result of ``scan_images``.
-        size: (height, width) of every image tensor.
-        batch_size: images per batch (a batch can be smaller when files fail to decode).
-        mean: per-channel mean, in [0, 1] units; None: ImageNet's. See ``model_normalization``.
-        std: per-channel std, in [0, 1] units; None: ImageNet's.
-        workers: loader worker processes (0 decodes in this process).
-        max_images: keep only this many images.
-        seed: seeds the shuffle of the sorted file list, so a ``max_images`` subset is a random sample of
-            the folder rather than its alphabetically first files, and equal seeds give equal orders.
-        pin_memory: pin batches for faster host-to-GPU copies; default: when CUDA is available.
+        options: size, batch size, normalization, workers, sampling (see :class:`LoaderOptions`).
 
     Returns:
         The loader (yields float32 tensors [n, 3, h, w]) and the source it reads, in reading order.
@@ -262,24 +284,21 @@ def image_loader(
     >>> image_loader("/nonexistent")
     Traceback (most recent call last):
     ...
-    eqsurgeon.errors.DataError: image folder /nonexistent not found; pass --data a folder of jpg/png images
+    eqsurgeon.errors.DataError: image folder /nonexistent not found; pass a folder of jpg/png images
     """
+    o = options or LoaderOptions()
     source = root_or_source if isinstance(root_or_source, ImageSource) else scan_images(root_or_source)
-    order = torch.randperm(len(source.paths), generator=torch.Generator().manual_seed(seed)).tolist()
-    paths = tuple(source.paths[i] for i in order)[: max_images or None]
+    order = torch.randperm(len(source.paths), generator=torch.Generator().manual_seed(o.seed)).tolist()
+    paths = tuple(source.paths[i] for i in order)[: o.max_images or None]
     source = ImageSource(paths, source.skipped, source.root)
-    mean = IMAGENET_MEAN if mean is None else tuple(mean)
-    std = IMAGENET_STD if std is None else tuple(std)
-    if len(mean) != 3 or len(std) != 3 or any(s <= 0 or not math.isfinite(s) for s in std):
-        raise DataError(f"--mean/--std need 3 values each and a positive std, got {mean} / {std}")
-    dataset = ImageDataset(paths, size, mean, std)
+    dataset = ImageDataset(paths, o.size, o.mean, o.std)
     loader = ImageLoader(
         dataset,
         source,
-        batch_size=batch_size,
+        batch_size=o.batch_size,
         shuffle=False,
-        num_workers=workers,
-        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        num_workers=o.workers,
+        pin_memory=torch.cuda.is_available() if o.pin_memory is None else o.pin_memory,
     )
     return loader, source
 

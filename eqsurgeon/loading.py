@@ -18,7 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from eqsurgeon.errors import CheckpointError, ModelLoadError
+from eqsurgeon.errors import ModelLoadError, one_line
+from eqsurgeon.io import apply_checkpoint, read_checkpoint
+from eqsurgeon.records import CalibrationRecord
 
 SPEC_FORMS = "file.py:factory, package.module:factory, torchvision:<name> or a zoo name"
 
@@ -31,7 +33,8 @@ def load_model(
     Args:
         spec: see the module docstring.
         kwargs: keyword arguments for the factory.
-        checkpoint: ``.safetensors``, or ``.pt``/``.pth``/``.bin`` read with ``weights_only=True``.
+        checkpoint: ``.safetensors``, or ``.pt``/``.pth``/``.bin`` read with ``weights_only=True``
+            (see ``eqsurgeon.io``).
 
     Raises:
         ModelLoadError: the spec cannot be resolved or the factory fails.
@@ -40,13 +43,13 @@ def load_model(
     >>> load_model("torchvision:fcn_resnet50", {"num_classes": 3}).__class__.__name__
     'FCN'
     """
-    return load_model_with_metadata(spec, kwargs, checkpoint)[0]
+    return load_model_with_record(spec, kwargs, checkpoint)[0]
 
 
-def load_model_with_metadata(
+def load_model_with_record(
     spec: str, kwargs: Mapping[str, Any] | None = None, checkpoint: Path | None = None
-) -> tuple[nn.Module, dict[str, str]]:
-    """``load_model``, also returning the checkpoint's safetensors metadata (empty without one).
+) -> tuple[nn.Module, CalibrationRecord | None]:
+    """``load_model``, also returning the checkpoint's calibration record (None without one).
 
     The checkpoint is read once; an insert-mode checkpoint gets its equalizer wrappers rebuilt first.
     """
@@ -56,18 +59,15 @@ def load_model_with_metadata(
         model = factory(**kwargs)
     except Exception as exc:
         raise ModelLoadError(
-            f"factory {label} raised {type(exc).__name__}: {_first_line(exc)}; check its --arg values"
+            f"factory {label} raised {type(exc).__name__}: {one_line(exc)}; check its keyword arguments"
         ) from exc
     if not isinstance(model, nn.Module):
         raise ModelLoadError(f"factory {label} returned {type(model).__name__}, not a torch.nn.Module")
-    metadata: dict[str, str] = {}
+    record = None
     if checkpoint is not None:
-        state, metadata = read_state_dict(checkpoint)
-        from eqsurgeon.checkpoint import rebuild_equalizers
-
-        rebuild_equalizers(model, metadata)  # an insert-mode checkpoint's keys need its wrappers
-        fit_state_dict(model, state, checkpoint)
-    return model, metadata
+        state, record = read_checkpoint(checkpoint)
+        apply_checkpoint(model, state, record, checkpoint)
+    return model, record
 
 
 def parse_kwargs(pairs: Sequence[str] | None) -> dict[str, Any]:
@@ -80,63 +80,12 @@ def parse_kwargs(pairs: Sequence[str] | None) -> dict[str, Any]:
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip().isidentifier():
-            raise ModelLoadError(f"--arg {pair!r} is not key=value; write e.g. --arg num_classes=19")
+            raise ModelLoadError(f"factory argument {pair!r} is not key=value; write e.g. num_classes=19")
         try:
             out[key.strip()] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
             out[key.strip()] = value
     return out
-
-
-def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read a state dict and its safetensors metadata (empty for .pt/.pth).
-
-    A ``.pt``/``.pth`` is loaded with ``weights_only=True``; a dict holding ``state_dict`` or ``model``
-    (MMSegmentation, timm) is unwrapped.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; check the --checkpoint path")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                names = f.keys()  # safe_open is not iterable itself
-                return {k: f.get_tensor(k) for k in names}, dict(f.metadata() or {})
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"{path} is not a readable safetensors file ({_first_line(exc)})") from exc
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(
-            f"{path} cannot be loaded with weights_only=True ({_first_line(exc)}); save a plain state "
-            "dict or convert it to .safetensors"
-        ) from exc
-    for key in ("state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path} does not hold a state dict of tensors")
-    return obj, {}
-
-
-def fit_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source: Path | str) -> None:
-    """``load_state_dict(strict=True)`` with a one-line error naming the keys that do not fit."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
-    if missing or unexpected or shapes:
-        parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
-            if keys:
-                parts.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:3])})")
-        raise CheckpointError(
-            f"checkpoint {source} does not fit the model: {'; '.join(parts)}; "
-            "pass the checkpoint that belongs to this model and its --arg values"
-        )
-    model.load_state_dict(state, strict=True)
 
 
 def main_output(out: Any) -> torch.Tensor:
@@ -197,7 +146,7 @@ def _import_file(path: Path) -> Any:
         spec.loader.exec_module(module)
     except Exception as exc:
         del sys.modules[name]
-        raise ModelLoadError(f"importing {path} raised {type(exc).__name__}: {_first_line(exc)}") from exc
+        raise ModelLoadError(f"importing {path} raised {type(exc).__name__}: {one_line(exc)}") from exc
     return module
 
 
@@ -206,7 +155,7 @@ def _import_module(name: str) -> Any:
         return importlib.import_module(name)
     except ImportError as exc:
         raise ModelLoadError(
-            f"cannot import module {name!r} ({_first_line(exc)}); install it or use path/to/file.py:factory"
+            f"cannot import module {name!r} ({one_line(exc)}); install it or use path/to/file.py:factory"
         ) from exc
 
 
@@ -227,8 +176,3 @@ def _torchvision_factory(name: str) -> Any:
         return builder(**kwargs)
 
     return factory
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return (lines[0] if lines else type(exc).__name__)[:300]

@@ -2,15 +2,18 @@
 
 Frozen dataclasses that hold names and numbers, never graph nodes or modules, so they outlive the graph
 they were found in. A calibration record becomes JSON only at the file boundary (``eqsurgeon.io``).
+Image mean/std in a record are on the 0–1 pixel scale.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
 
 FORMAT_VERSION = 1
+Status = Literal["ok", "skipped"]
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,7 @@ class FusionSite:
     groups: int
     subjects: tuple[Subject, ...]
     channel_dim: int = 1
-    status: str = "ok"
+    status: Status = "ok"
     reason: str | None = None
 
     @property
@@ -132,7 +135,7 @@ class SiteRecord:
     op: str
     groups: int
     channel_dim: int
-    status: str
+    status: Status
     reason: str | None = None
     bias_corrected: bool = False
     note: str | None = None
@@ -165,47 +168,39 @@ class CalibrationRecord:
     tool_version: str = ""
     format_version: int = FORMAT_VERSION
 
-    def to_dict(self) -> dict:
-        """Plain JSON-able dict (tuples become lists when serialized)."""
-        data = asdict(self)
-        data["tool_version"] = data["tool_version"] or _tool_version()
-        return data
-
-    def to_json(self) -> str:
-        """Canonical JSON: sorted keys, no whitespace, so equal metadata gives equal bytes."""
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), allow_nan=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> CalibrationRecord:
-        """Parse ``to_json`` output (unknown keys from newer versions are ignored)."""
-        data = json.loads(text)
-        sites = tuple(
-            SiteRecord(
-                **{
-                    **_known(SiteRecord, s),
-                    "inputs": tuple(
-                        InputRecord(**{**_known(InputRecord, i), "channels": tuple(i["channels"])})
-                        for i in s.get("inputs", ())
-                    ),
-                }
-            )
-            for s in data.get("sites", ())
-        )
-        tuples = {k: tuple(data[k]) for k in ("input_size", "image_mean", "image_std") if data.get(k)}
-        return cls(**{**_known(cls, data), **tuples, "sites": sites})
-
     @property
     def equalized_sites(self) -> tuple[SiteRecord, ...]:
         """The sites whose weights (fold) or modules (insert) were changed."""
         return tuple(s for s in self.sites if s.status == "ok")
 
 
-def _known(cls: type, data: dict) -> dict:
-    names = set(cls.__dataclass_fields__)
-    return {k: v for k, v in data.items() if k in names}
+
+@dataclass(frozen=True)
+class InputInfo:
+    """What an analysis measured on."""
+
+    source: str  # "synthetic" or the image folder
+    images: int
+    size: tuple[int, int]
 
 
-def _tool_version() -> str:
-    from eqsurgeon import __version__
+@dataclass(frozen=True)
+class Analysis:
+    """Sites of a model and the moments of every ok site's inputs."""
 
-    return __version__
+    model: str
+    frontend: str
+    fx_error: str | None
+    bn_mode: str
+    input: InputInfo
+    sites: tuple[FusionSite, ...]
+    add_sites: tuple[AddSite, ...]
+    moments: Mapping[str, tuple[Moments, ...]] = field(default_factory=dict)
+
+    def var_ratio(self, site: FusionSite, scales: tuple[float, ...] | None = None) -> float | None:
+        """max/min input variance of a measured site; ``scales`` folded into weights count as x·s."""
+        from eqsurgeon.stats import var_ratio
+
+        if site.layer not in self.moments:
+            return None
+        return var_ratio([m.var for m in self.moments[site.layer]], scales)

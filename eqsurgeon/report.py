@@ -1,16 +1,20 @@
-"""Plain-data views of an analysis: the JSON contract of DESIGN.md and the one-line readings."""
+"""Plain-data views of results: the JSON documents of every command, the one-line readings, the plot.
+
+The one place besides ``cli/`` that knows how results look to a person; it never prints.
+"""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from eqsurgeon.analysis import Analysis
-from eqsurgeon.records import FusionSite, Subject
+from eqsurgeon.checking import CheckResult
+from eqsurgeon.io import finite, record_to_dict
+from eqsurgeon.records import Analysis, CalibrationRecord, FusionSite, Subject
+from eqsurgeon.verification import Verification
 
 
 def analysis_to_dict(analysis: Analysis) -> dict[str, Any]:
@@ -50,18 +54,44 @@ def reading(analysis: Analysis, site: FusionSite) -> str:
     )
 
 
-def write_json(data: Any, path: Path) -> None:
-    """Write JSON atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, allow_nan=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def check_to_dict(model: str, result: CheckResult) -> dict[str, Any]:
+    """The ``check --format json`` document."""
+    return {
+        "model": model,
+        "passed": result.passed,
+        "max_ratio": result.max_ratio,
+        "sites": [
+            {"layer": v.layer, "var_ratio": _num(v.ratio), "passed": v.passed, "equalized": v.equalized,
+             "note": v.note}
+            for v in result.verdicts
+        ],
+    }  # fmt: skip
+
+
+def calibration_to_dict(record: CalibrationRecord, out: Path | None = None) -> dict[str, Any]:
+    """The ``calibrate --format json`` document: the calibration record, and where it was written."""
+    return finite({"out": None if out is None else str(out), **record_to_dict(record)})
+
+
+def verification_to_dict(source: str, record: CalibrationRecord, result: Verification) -> dict[str, Any]:
+    """The ``verify --format json`` document."""
+    return finite({
+        "checkpoint": source,
+        "mode": record.mode,
+        "bn_mode": result.bn_mode,
+        "images": result.images,
+        "sites": [
+            {
+                "layer": s.layer,
+                "var_ratio": s.var_ratio,
+                "inputs": [
+                    {"channels": list(i.channels), "source": i.source, "mean": i.mean, "var": i.var}
+                    for i in s.inputs
+                ],
+            }
+            for s in result.sites
+        ],
+    })  # fmt: skip
 
 
 def _site_dict(analysis: Analysis, site: FusionSite) -> dict[str, Any]:
@@ -78,6 +108,7 @@ def _site_dict(analysis: Analysis, site: FusionSite) -> dict[str, Any]:
         "groups": site.groups,
         "status": site.status,
         "reason": site.reason,
+        "channel_dim": site.channel_dim,
         "inputs": inputs,
         "var_ratio": _num(analysis.var_ratio(site)),
     }
@@ -110,7 +141,7 @@ def write_plot(analysis: Analysis, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from eqsurgeon.analysis import BN_RELU_VAR
+    from eqsurgeon.stats import BN_RELU_VAR
 
     sites = [s for s in analysis.sites if s.layer in analysis.moments]
     fig, axes = plt.subplots(1, max(len(sites), 1), figsize=(4 * max(len(sites), 1), 3.5), squeeze=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from eqsurgeon.analysis import analyze
+from eqsurgeon.api import MeasureOptions, analyze
 from eqsurgeon.checking import DEFAULT_MAX_RATIO, check
 
 
@@ -23,7 +23,8 @@ def assert_scale_equilibrium(
 
     >>> assert_scale_equilibrium(nn.Conv2d(3, 3, 1), torch.randn(2, 3, 8, 8))
     """
-    result = check(analyze(model, [example_input], frontend=frontend, bn_mode=bn_mode), max_ratio)
+    done = analyze(model, [example_input], measure=MeasureOptions(bn_mode=bn_mode, frontend=frontend))
+    result = check(done.analysis, max_ratio)
     failed = [v for v in result.verdicts if not v.passed]
     if failed:
         lines = ", ".join(f"{v.layer} (var_ratio {v.ratio:.3f})" for v in failed)

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from eqsurgeon.analysis import var_ratio
 from eqsurgeon.errors import CheckpointError
 from eqsurgeon.measure import measure
 from eqsurgeon.records import CalibrationRecord, FusionSite, SiteRecord, Subject
+from eqsurgeon.stats import var_ratio
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def verify(
     Args:
         model: the model with the calibrated checkpoint loaded (``eqsurgeon.load``); unchanged afterwards.
         batches: image tensors on the model's device, ideally held-out images.
-        meta: the checkpoint's metadata (``read_checkpoint(path)[1]``).
+        meta: the checkpoint's calibration record (``eqsurgeon.io.read_checkpoint(path)[1]``).
         bn_mode: as in ``measure``; default: the mode the checkpoint was calibrated with.
 
     Raises:

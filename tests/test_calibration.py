@@ -8,12 +8,11 @@ import math
 import pytest
 import torch
 
-from eqsurgeon.calibration import calibrate
+from eqsurgeon.calibration import CalibrationOptions, calibrate
 from eqsurgeon.equalize import EqualizedInput
-from eqsurgeon.errors import EqSurgeonError
-from eqsurgeon.measure import measure, measuring_mode
+from eqsurgeon.errors import EqSurgeonError, OptionError
+from eqsurgeon.measure import MeasureState, measure, measuring_mode, merge_moments
 from eqsurgeon.records import Moments
-from eqsurgeon.reduce import MeasureState, merge_moments
 from eqsurgeon.sites import find_sites
 from fixtures.calibration import (
     fuse_1x1,
@@ -42,8 +41,8 @@ def test_fold_equals_insert(factory) -> None:
     # 3x3: the fixture's fusing conv has no padding, so every output is away from the border.
     batches = _batches()
     folded, inserted = factory(), factory()
-    rf = calibrate(folded, batches, mode="fold")
-    ri = calibrate(inserted, batches, mode="insert")
+    rf = calibrate(folded, batches, CalibrationOptions(mode="fold"))
+    ri = calibrate(inserted, batches, CalibrationOptions(mode="insert"))
     flat = [[x for s in r.sites for x in s.scales] for r in (rf, ri)]
     assert flat[0] == pytest.approx(flat[1], rel=1e-6)
     assert any(isinstance(m, EqualizedInput) for m in inserted.modules())
@@ -56,7 +55,7 @@ def test_fold_equals_insert(factory) -> None:
 def test_later_site_is_measured_after_earlier_fold() -> None:
     model, original = fuse_two_plain(), fuse_two_plain()
     batches = _batches()
-    result = calibrate(model, batches, tolerance=1e-9)  # all batches, no early stop
+    result = calibrate(model, batches, CalibrationOptions(tolerance=1e-9))  # all batches, no early stop
     site2 = result.sites[1]
     assert [s.site.layer for s in result.sites] == ["fuse", "fuse2"]
     after = measure(model, [site2.site], batches, "batch").moments["fuse2"]
@@ -85,21 +84,21 @@ def test_model_state_other_than_fusing_weights_is_untouched() -> None:
     ],
 )
 def test_bias_correction_decision(factory, choice: str, bn_mode: str, expected: bool) -> None:
-    result = calibrate(factory(), _batches(6), bias_correction=choice, bn_mode=bn_mode)
+    result = calibrate(factory(), _batches(6), CalibrationOptions(bias_correction=choice, bn_mode=bn_mode))
     assert result.sites[0].bias_corrected is expected
 
 
 def test_convergence_stops_early_and_reports_standard_error() -> None:
     model = fuse_1x1()
     batches = _batches(60)
-    result = calibrate(model, batches, tolerance=0.02)
+    result = calibrate(model, batches, CalibrationOptions(tolerance=0.02))
     site = result.sites[0]
     assert result.converged and site.std_rel_se < 0.02
     assert 8 * 4 <= site.images < 60 * 4  # at least min_batches=8 batches, fewer than all
     full = measure(fuse_1x1(), [site.site], batches, "batch").moments["fuse"]
     for used, ref in zip(site.moments, full):
         assert abs(used.std / ref.std - 1) < 3 * 0.02
-    capped = calibrate(fuse_1x1(), batches, tolerance=1e-6, max_images=20)
+    capped = calibrate(fuse_1x1(), batches, CalibrationOptions(tolerance=1e-6, max_images=20))
     assert capped.sites[0].images == 20 and not capped.converged
 
 
@@ -117,14 +116,15 @@ def test_model_without_sites_is_an_error() -> None:
 
 
 def test_one_shot_iterator_and_bad_choices() -> None:
-    result = calibrate(fuse_1x1(), iter(_batches(6)), tolerance=1e-9)
+    result = calibrate(fuse_1x1(), iter(_batches(6)), CalibrationOptions(tolerance=1e-9))
     assert result.sites[0].images == 24  # the first batch, used for site finding, is measured too
     with pytest.raises(ValueError, match="re-iterable"):
         calibrate(fuse_two(), iter(_batches(6)))
-    with pytest.raises(EqSurgeonError, match="--mode"):
-        calibrate(fuse_1x1(), _batches(2), mode="fuse")
-    with pytest.raises(EqSurgeonError, match="--tolerance"):
-        calibrate(fuse_1x1(), _batches(2), tolerance=0)
+    with pytest.raises(OptionError, match="mode='fuse' is unknown; use fold or insert") as bad_mode:
+        calibrate(fuse_1x1(), _batches(2), CalibrationOptions(mode="fuse"))
+    assert bad_mode.value.render("--mode ") == "--mode 'fuse' is unknown; use fold or insert"
+    with pytest.raises(OptionError, match="tolerance=0 is out of range"):
+        calibrate(fuse_1x1(), _batches(2), CalibrationOptions(tolerance=0))
 
 
 def test_reduce_pools_ranks_and_drives_the_stop() -> None:
@@ -135,7 +135,8 @@ def test_reduce_pools_ranks_and_drives_the_stop() -> None:
         pooled = {k: tuple(merge_moments([m, m]) for m in v) for k, v in state.moments.items()}
         return MeasureState(2 * state.images, pooled)
 
-    result = calibrate(fuse_1x1(), _batches(10), tolerance=1e-9, reduce=two_identical_ranks)
+    options = CalibrationOptions(tolerance=1e-9)
+    result = calibrate(fuse_1x1(), _batches(10), options, reduce=two_identical_ranks)
     assert seen == [4 * i for i in range(1, 11)] and result.images == 80
 
 
@@ -177,8 +178,8 @@ def test_fold_equals_insert_on_pattern_fixtures(name: str) -> None:
     batches = _batches(6, size=32)
     folded = FIXTURES[name]()
     inserted = copy.deepcopy(folded)  # factories draw fresh random weights
-    result = calibrate(folded, batches, mode="fold")
-    calibrate(inserted, batches, mode="insert")
+    result = calibrate(folded, batches, CalibrationOptions(mode="fold"))
+    calibrate(inserted, batches, CalibrationOptions(mode="insert"))
     x = _batches(1, size=32, seed=9)[0]
     a, b = _forward_batch_stats(folded, x), _forward_batch_stats(inserted, x)
     # a zero-padded k×k fusing conv (k > 1) is compared away from its border, where folding is inexact

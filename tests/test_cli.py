@@ -37,7 +37,7 @@ def test_analyze_writes_the_json_contract(tmp_path):
     doc = json.loads(out.read_text())
     assert doc["model"] == f"{FX}:dropout_between"
     assert (doc["frontend"], doc["bn_mode"]) == ("fx", "batch")
-    assert doc["input"] == {"source": "synthetic", "images": 4, "size": [32, 32]}
+    assert doc["input"] == {"source": "synthetic", "images": 8, "size": [32, 32]}  # one batch of 8
     (site,) = doc["sites"]
     assert (site["layer"], site["op"], site["groups"], site["status"], site["reason"]) == (
         "fuse",
@@ -163,7 +163,16 @@ def test_bad_input_pickled_object_is_refused(tmp_path):
 
 def test_bad_input_size_and_batch():
     assert_input_error(run("analyze", f"{FX}:dropout_between", "--input-size", "big"), "--input-size")
-    assert_input_error(run("analyze", f"{FX}:dropout_between", "--batch-size", "1"), "--batch-size 2")
+    small = run("analyze", f"{FX}:dropout_between", "--batch-size", "1")
+    assert_input_error(small, "--batch-size 1 is too small", "--bn-mode eval")
+
+
+def test_debug_is_accepted_after_the_command_too():
+    result = run("analyze", f"{FX}:raises", "--debug")
+    assert result.exit_code != 0 and result.exception is not None  # re-raised for a traceback
+    plain = run("analyze", f"{FX}:raises")
+    assert plain.exit_code == 2 and isinstance(plain.exception, SystemExit)
+    assert plain.stderr.startswith("error: factory") and "Traceback" not in plain.stderr
 
 
 def test_debug_shows_the_traceback():

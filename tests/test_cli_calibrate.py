@@ -9,9 +9,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from eqsurgeon import checkpoint as ckpt
-from eqsurgeon.checkpoint import load, read_checkpoint, save_checkpoint
+from eqsurgeon import io as ckpt
 from eqsurgeon.cli import app
+from eqsurgeon.io import load, read_checkpoint, save_checkpoint
 from fixtures.calibration import fuse_two, fuse_two_plain, make_images
 
 MODELS = Path(__file__).resolve().parents[1] / "fixtures" / "calibration.py"
@@ -156,7 +156,7 @@ def test_bad_folders_exit_2_and_write_nothing(tmp_path: Path, case: str) -> None
     out.parent.mkdir()
     res = calib("fuse_two", folder, out)
     assert res.exit_code == 2
-    assert "error:" in res.output and "--data" in res.output and len(res.output.strip().splitlines()) <= 3
+    assert "error:" in res.stderr and str(folder) in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert list(out.parent.iterdir()) == []
 
 
@@ -176,7 +176,8 @@ def test_already_equalized_checkpoint_is_refused(images: Path, tmp_path: Path) -
     res = calib("fuse_two", images, tmp_path / "second.safetensors", "--checkpoint", first)
     assert res.exit_code == 2 and "already scale-equalized" in res.output and "second time" in res.output
     assert not (tmp_path / "second.safetensors").exists()
-    forced = calib("fuse_two", images, tmp_path / "second.safetensors", "--checkpoint", first, "--force")
+    assert "--allow-equalized" in res.stderr
+    forced = calib("fuse_two", images, tmp_path / "second.safetensors", "--checkpoint", first, "--allow-equalized")
     assert forced.exit_code == 0
 
 

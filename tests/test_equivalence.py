@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from eqsurgeon.analysis import analyze
+from eqsurgeon.api import MeasureOptions, analyze
 from eqsurgeon.capture import capture
 from fixtures.models import FIXTURES
 
@@ -33,7 +33,7 @@ def _snapshot(model):
 def test_analyze_leaves_model_bit_identical(name, train, x32):
     model = FIXTURES[name]().train(train)
     state, flags = _snapshot(model)
-    result = analyze(model, [x32, x32 * 2], bn_mode="batch")
+    result = analyze(model, [x32, x32 * 2], measure=MeasureOptions(bn_mode="batch")).analysis
     new_state, new_flags = _snapshot(model)
     assert new_flags == flags
     assert state.keys() == new_state.keys()
@@ -48,6 +48,6 @@ def test_analyze_with_eval_bn_on_a_trained_model_keeps_running_stats(x32):
         model.train()(x32)  # BN has now tracked one batch
     model.eval()
     before = model.a[1].running_mean.clone()
-    result = analyze(model, [x32])
+    result = analyze(model, [x32]).analysis
     assert result.bn_mode == "eval"
     assert torch.equal(model.a[1].running_mean, before)

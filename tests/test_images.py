@@ -10,10 +10,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from eqsurgeon.errors import DataError
+from eqsurgeon.errors import DataError, OptionError
 from eqsurgeon.images import (
     IMAGENET_MEAN,
     ImageSource,
+    LoaderOptions,
     image_loader,
     load_rgb,
     model_input_size,
@@ -80,7 +81,8 @@ def test_sixteen_bit_is_scaled_not_clipped(folder: Path) -> None:
 
 
 def test_loader_shapes_normalization_and_resize(folder: Path) -> None:
-    loader, source = image_loader(folder, size=(16, 24), batch_size=3, mean=(0.5,) * 3, std=(0.5,) * 3)
+    options = LoaderOptions(size=(16, 24), batch_size=3, mean=(0.5,) * 3, std=(0.5,) * 3)
+    loader, source = image_loader(folder, options)
     batches = list(loader)
     assert [b.shape[0] for b in batches] == [3, 3, 2]
     assert all(b.shape[1:] == (3, 16, 24) and b.dtype == torch.float32 for b in batches)
@@ -94,13 +96,14 @@ def test_loader_shapes_normalization_and_resize(folder: Path) -> None:
 
 def test_non_square_target_covers_then_crops(tmp_path: Path) -> None:
     Image.fromarray(_rgb(0, 40, 10)).save(tmp_path / "tall.png")  # 40 high, 10 wide
-    loader, _ = image_loader(tmp_path, size=(8, 32), batch_size=1)
+    loader, _ = image_loader(tmp_path, LoaderOptions(size=(8, 32), batch_size=1))
     assert next(iter(loader)).shape == (1, 3, 8, 32)
 
 
 def test_order_is_deterministic_and_seeded(folder: Path) -> None:
     def stats(seed: int, workers: int = 0) -> tuple[list[str], torch.Tensor]:
-        loader, source = image_loader(folder, size=(8, 8), batch_size=2, seed=seed, workers=workers)
+        options = LoaderOptions(size=(8, 8), batch_size=2, seed=seed, workers=workers)
+        loader, source = image_loader(folder, options)
         return [p.name for p in source.paths], torch.cat(list(loader))
 
     names0, x0 = stats(0)
@@ -108,7 +111,7 @@ def test_order_is_deterministic_and_seeded(folder: Path) -> None:
     names1, _ = stats(1)
     assert names0 == names0b and torch.equal(x0, x0b)
     assert sorted(names0) == sorted(names1) and names0 != names1
-    _, sub = image_loader(folder, size=(8, 8), max_images=3, seed=0)
+    _, sub = image_loader(folder, LoaderOptions(size=(8, 8), max_images=3, seed=0))
     assert [p.name for p in sub.paths] == names0[:3]
 
 
@@ -116,7 +119,7 @@ def test_corrupt_files_are_skipped_counted_and_listed(folder: Path) -> None:
     (folder / "garbage.jpg").write_bytes(b"this is not a jpeg at all" * 10)
     (folder / "empty.png").write_bytes(b"")
     _truncated_jpeg(folder / "sub" / "truncated.jpg")
-    loader, source = image_loader(folder, size=(8, 8), batch_size=4, workers=2)
+    loader, source = image_loader(folder, LoaderOptions(size=(8, 8), batch_size=4, workers=2))
     assert {s.path.name for s in source.skipped} == {"garbage.jpg", "empty.png"}
     batches = list(loader)  # the truncated file fails inside a worker and must not crash the loader
     assert sum(b.shape[0] for b in batches) == 8 == loader.images_seen
@@ -136,16 +139,16 @@ def test_empty_missing_and_corrupt_only_folders_raise_data_error(tmp_path: Path)
         image_loader(tmp_path)
     (tmp_path / "bad.png").unlink()
     _truncated_jpeg(tmp_path / "cut.jpg")
-    loader, _ = image_loader(tmp_path, size=(8, 8))
+    loader, _ = image_loader(tmp_path, LoaderOptions(size=(8, 8)))
     with pytest.raises(DataError, match="could be decoded"):
         list(loader)
 
 
 def test_mean_std_default_to_imagenet_and_bad_ones_raise(folder: Path) -> None:
-    loader, _ = image_loader(folder, size=(8, 8), mean=None, std=None)
+    loader, _ = image_loader(folder, LoaderOptions(size=(8, 8)))
     assert next(iter(loader)).shape[1] == 3
-    with pytest.raises(DataError, match="--mean/--std"):
-        image_loader(folder, std=(0.2, 0.0, 0.2))
+    with pytest.raises(OptionError, match="std=.*positive"):
+        LoaderOptions(std=(0.2, 0.0, 0.2))
 
 
 def test_fingerprint_tracks_contents(folder: Path) -> None:

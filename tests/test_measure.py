@@ -8,12 +8,12 @@ from torch import nn
 
 from eqsurgeon.measure import (
     MomentHooks,
-    _low_precision_moments,
     batch_moments,
     measure,
     measuring_mode,
     resolve_bn_mode,
 )
+from eqsurgeon.measure.hooks import _low_precision_moments
 from eqsurgeon.records import FusionSite, Subject
 from eqsurgeon.sites import find_sites
 from fixtures.models import iid_pyramid
@@ -142,7 +142,7 @@ def test_bn_mode_auto_follows_whether_bn_has_seen_data():
     assert resolve_bn_mode(model) == "eval"
     assert resolve_bn_mode(model, "batch") == "batch"
     assert resolve_bn_mode(nn.Conv2d(1, 1, 1)) == "eval"
-    with pytest.raises(ValueError, match="unknown bn mode"):
+    with pytest.raises(ValueError, match="bn_mode='train' is unknown"):
         resolve_bn_mode(model, "train")
 
 

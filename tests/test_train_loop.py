@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from eqsurgeon.errors import DataError, OutputExistsError, RecipeError, TrainingError
-from eqsurgeon.training.checkpoint import list_checkpoints, load_state, load_weights
+from eqsurgeon.io import read_state_dict
+from eqsurgeon.training.checkpoint import list_checkpoints, load_state
 from eqsurgeon.training.config import load_config, load_config_text
 from eqsurgeon.training.demo_data import make_demo_data
 from eqsurgeon.training.loop import train
@@ -40,7 +41,7 @@ def test_run_folder_holds_config_metrics_and_checkpoints(data: Path, tmp_path: P
     state = load_state(list_checkpoints(run)[-1])
     assert state["iter"] == 6 and set(state) >= {"optimizer", "scheduler", "scaler", "rng", "data"}
     assert state["data"]["position"] == 6 * 4
-    weights, meta = load_weights(result.weights)
+    weights, meta = read_state_dict(result.weights)
     assert meta["iteration"] == "6" and "cls.weight" in weights
     best = json.loads((run / "best.json").read_text())
     assert (run / "best.safetensors").is_file() and best["mIoU"] == result.best_miou
@@ -52,8 +53,8 @@ def test_resume_from_a_checkpoint_is_bit_exact(data: Path, tmp_path: Path) -> No
     # Pretend the run died after iteration 4: keep only what existed then.
     part = truncated_copy(tmp_path / "full", tmp_path / "part", after=4)
     resumed = train(load_config(DEMO_RECIPE, quick(data, part, "checkpoint.keep=3")), resume=True)
-    a, _ = load_weights(full.weights)
-    b, _ = load_weights(resumed.weights)
+    a, _ = read_state_dict(full.weights)
+    b, _ = read_state_dict(resumed.weights)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     lines = [json.loads(x)["iter"] for x in (part / "metrics.jsonl").read_text().splitlines()]
     assert lines == sorted(lines) and lines.count(6) == 2  # one loss and one eval line, not repeated
@@ -87,7 +88,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data: Path, tmp_path:
         train(cfg)
     kept = list_checkpoints(tmp_path / "run")
     assert [c.iteration for c in kept] == [2, 4]
-    assert all(torch.isfinite(t).all() for t in load_weights(kept[-1].weights)[0].values())
+    assert all(torch.isfinite(t).all() for t in read_state_dict(kept[-1].weights)[0].values())
 
 
 def test_model_with_wrong_class_count_is_refused(data: Path, tmp_path: Path) -> None:

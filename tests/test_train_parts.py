@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eqsurgeon.training.checkpoint import list_checkpoints, load_state, load_weights, save_checkpoint
-from eqsurgeon.training.config import ScheduleConfig
+from eqsurgeon.io import read_state_dict
+from eqsurgeon.training.checkpoint import list_checkpoints, load_state, save_checkpoint
+from eqsurgeon.training.config import ModelConfig, ScheduleConfig
 from eqsurgeon.training.inference import predict
 from eqsurgeon.training.losses import cross_entropy, segmentation_loss
 from eqsurgeon.training.metrics import area_counts, summarize
@@ -86,13 +87,13 @@ def test_checkpoints_keep_the_last_k_and_load_weights_only(tmp_path: Path) -> No
     opt.step()
     state = {"iter": 0, "optimizer": opt.state_dict(), "rng": [{"torch": torch.get_rng_state()}]}
     for it in (10, 20, 30):
-        save_checkpoint(tmp_path, it, model.state_dict(), {**state, "iter": it}, {"k": "v"}, keep=2)
+        save_checkpoint(tmp_path, it, model.state_dict(), {**state, "iter": it}, None, ModelConfig("m"), keep=2)
     kept = list_checkpoints(tmp_path)
     assert [c.iteration for c in kept] == [20, 30]
     assert not list(tmp_path.glob(".*tmp"))  # no temp files left behind
     loaded = load_state(kept[-1])  # torch.load(weights_only=True) inside
     assert loaded["iter"] == 30 and torch.equal(loaded["rng"][0]["torch"], state["rng"][0]["torch"])
-    weights, metadata = load_weights(kept[-1].weights)
+    weights, metadata = read_state_dict(kept[-1].weights)
     assert torch.equal(weights["weight"], model.weight) and metadata["iteration"] == "30"
     kept[0].weights.unlink()  # a checkpoint missing a file is not complete
     assert [c.iteration for c in list_checkpoints(tmp_path)] == [30]

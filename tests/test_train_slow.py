@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from eqsurgeon.training.checkpoint import checkpoint_files, load_weights
+from eqsurgeon.io import read_state_dict
+from eqsurgeon.training.checkpoint import checkpoint_files
 from eqsurgeon.training.config import load_config
 from eqsurgeon.training.datasets import make_datasets
 from eqsurgeon.training.demo_data import make_demo_data
@@ -67,8 +68,8 @@ def test_sigkill_then_resume_is_bit_identical(data: Path, tmp_path: Path) -> Non
     proc.wait()
     assert not checkpoint_files(killed, 8).weights.exists(), "the run finished before the kill"
     subprocess.run(_cmd(killed, data, "--resume"), env=ENV, check=True, capture_output=True)
-    a, _ = load_weights(checkpoint_files(tmp_path / "full", 8).weights)
-    b, _ = load_weights(checkpoint_files(killed, 8).weights)
+    a, _ = read_state_dict(checkpoint_files(tmp_path / "full", 8).weights)
+    b, _ = read_state_dict(checkpoint_files(killed, 8).weights)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -97,10 +98,10 @@ def test_two_process_gloo_ranks_end_identical(data: Path, tmp_path: Path) -> Non
     sets = quick(data, tmp_path, "schedule.iters=10", "eval.interval=5", "checkpoint.interval=5",
                  "data.crop_size=[64, 64]", *EQ, model="upernet_tiny")
     _torchrun(sets)
-    r0, _ = load_weights(tmp_path / "rank0.safetensors")
-    r1, _ = load_weights(tmp_path / "rank1.safetensors")
+    r0, _ = read_state_dict(tmp_path / "rank0.safetensors")
+    r1, _ = read_state_dict(tmp_path / "rank1.safetensors")
     assert all(torch.equal(r0[k], r1[k]) for k in r0)
-    written, _ = load_weights(checkpoint_files(tmp_path, 10).weights)
+    written, _ = read_state_dict(checkpoint_files(tmp_path, 10).weights)
     assert all(torch.equal(r0[k], written[k]) for k in r0)
     records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in records if "mIoU" in r] == [5, 10]  # rank 0 alone wrote, once per eval

@@ -14,7 +14,7 @@ runner = CliRunner()
 
 
 def test_models_json_has_exact_counts_sites_and_tables() -> None:
-    result = runner.invoke(app, ["models", "upernet_tiny", "--json"])
+    result = runner.invoke(app, ["models", "upernet_tiny", "--format", "json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["flops_input"] == [512, 512]
@@ -27,15 +27,15 @@ def test_models_json_has_exact_counts_sites_and_tables() -> None:
 
 
 def test_models_glob_selects_several() -> None:
-    result = runner.invoke(app, ["models", "*_tiny", "--json", "--no-sites", "--no-flops"])
+    result = runner.invoke(app, ["models", "*_tiny", "--format", "json"])
     assert result.exit_code == 0, result.output
     rows = {r["name"]: r for r in json.loads(result.stdout)["models"]}
     assert {"upernet_tiny", "pspnet_tiny", "deeplabv3plus_tiny", "fcn_tiny", "deeplabv3_tiny"} <= set(rows)
-    assert all(r["sites"] is None and r["gflops"] is None for r in rows.values())
+    assert all(r["name"].endswith("_tiny") and r["sites"] >= 1 and r["gflops"] > 0 for r in rows.values())
 
 
 def test_models_table_lists_paper_table_and_config() -> None:
-    result = runner.invoke(app, ["models", "pspnet_r101_d8", "--no-sites"], env={"COLUMNS": "200"})
+    result = runner.invoke(app, ["models", "pspnet_r101_d8"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     line = next(ln for ln in result.stdout.splitlines() if "pspnet_r101_d8" in ln)
     assert "Table 3" in line and "pspnet_r101-d8_4xb4-160k_ade20k-512x512.py" in line

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from eqsurgeon.analysis import analyze, synthetic_batches
+from eqsurgeon.api import analyze, synthetic_batches
 from eqsurgeon.records import FusionSite
 from eqsurgeon.sites import find_sites
 from eqsurgeon.zoo import create_model
@@ -108,7 +108,7 @@ def test_auxiliary_fcnhead_has_no_site(name: str) -> None:
 def test_untrained_upernet_convnext_tiny_is_out_of_balance_at_fpn() -> None:
     torch.manual_seed(0)
     model = create_model("upernet_convnext_tiny")
-    result = analyze(model, synthetic_batches((SIZE, SIZE), batch_size=2, count=1), model_name="zoo")
+    result = analyze(model, synthetic_batches((SIZE, SIZE), batch_size=2, count=1)).analysis
     assert result.bn_mode == "batch"  # BN has never seen data
     fpn = next(s for s in result.sites if s.layer == "decode_head.fpn_bottleneck.conv")
     assert result.var_ratio(fpn) > 1.3

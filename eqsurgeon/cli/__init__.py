@@ -1,15 +1,36 @@
-"""The ``eqsurgeon`` command line: a thin shell over the library, one file per command."""
+"""The ``eqsurgeon`` command line: a thin shell over the library, one file per command.
+
+Importing this package imports no torch, so ``eqsurgeon --help`` answers at once. Exit codes: 0 ok,
+1 check failed, 2 bad input or environment, 3 an unexpected error (a bug), 130 interrupted.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from eqsurgeon.cli._common import State
 
+
+class _Group(TyperGroup):
+    """Accepts ``--debug`` anywhere on the line, before or after the command."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--debug" in args:
+            cut = args.index("--") if "--" in args else len(args)
+            State.debug = "--debug" in args[:cut]
+            args = [a for i, a in enumerate(args) if a != "--debug" or i >= cut]
+        else:
+            State.debug = False
+        return super().parse_args(ctx, args)
+
+
 app = typer.Typer(
     name="eqsurgeon",
+    cls=_Group,
     help="Find and repair scale disequilibrium at the feature-fusion sites of segmentation networks.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -17,11 +38,22 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from eqsurgeon import __version__
+
+        typer.echo(f"eqsurgeon {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
-    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks for errors")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks (also after COMMAND)")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
+    ] = False,
 ) -> None:
-    State.debug = debug
+    State.debug = State.debug or debug
 
 
 def _register() -> None:
@@ -41,6 +73,6 @@ def _register() -> None:
 _register()
 
 
-def main() -> None:
+def main(*args: Any) -> None:
     """Entry point of the ``eqsurgeon`` console script."""
     app()

@@ -1,46 +1,127 @@
-"""What every command shares: option aliases, the console, and the one place errors become exit code 2."""
+"""What every command shares: option aliases, the consoles, and the one error boundary.
+
+Nothing here imports torch: ``eqsurgeon --help`` and every ``COMMAND --help`` stay fast. Commands import
+the library inside their function body.
+"""
 
 from __future__ import annotations
 
 import functools
+import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 from rich.console import Console
 
-from eqsurgeon.errors import EqSurgeonError, OutputExistsError
+from eqsurgeon.errors import EqSurgeonError, OptionError, one_line
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(highlight=False)  # human output: stdout, or stderr when JSON goes to stdout
+err_console = Console(stderr=True, highlight=False)
+
+EXIT_FAILED = 1  # check found a site out of equilibrium
+EXIT_INPUT = 2  # bad input or a bad environment (missing file, full disk, ...)
+EXIT_BUG = 3  # an unexpected exception: a bug in eqsurgeon or a library it calls
+EXIT_INTERRUPTED = 130
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 class State:
-    """Global flags set by the app callback."""
+    """Global flags set on the command line."""
 
     debug: bool = False
 
 
 def handle_errors(fn: F) -> F:
-    """Turn known user errors into one line on stderr and exit code 2 (a traceback only with --debug)."""
+    """The error boundary: one plain line on stderr and a documented exit code for any failure.
+
+    Expected failures (eqsurgeon's errors, and OS errors such as a full or read-only disk) exit 2;
+    Ctrl-C exits 130; anything else is a bug and exits 3 with how to see the traceback. ``--debug``
+    re-raises instead. Messages are printed verbatim, never as markup.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except EqSurgeonError as exc:
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as exc:
             if State.debug:
                 raise
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            code, message = describe(exc)
+            fail(message, code)
+        except KeyboardInterrupt:
+            if State.debug:
+                raise
+            fail("interrupted; outputs already written are complete (writes are atomic)", EXIT_INTERRUPTED)
 
     return wrapper  # type: ignore[return-value]
 
 
-# Shared options, declared once and reused by every command that loads and measures a model.
+def describe(exc: BaseException) -> tuple[int, str]:
+    """(exit code, one line) for an exception reaching the boundary."""
+    if isinstance(exc, OptionError):
+        return EXIT_INPUT, in_flags(exc.render(flag(exc.name)))
+    if isinstance(exc, EqSurgeonError):
+        return EXIT_INPUT, in_flags(str(exc))
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        problem = exc.strerror or one_line(exc)
+        return EXIT_INPUT, f"{where}{problem}; check the path, free space and permissions"
+    return EXIT_BUG, (
+        f"internal error (a bug), {type(exc).__name__}: {one_line(exc)}; "
+        "rerun with --debug for the traceback and report it"
+    )
+
+
+def fail(message: str, code: int) -> None:
+    """Print ``error: message`` verbatim on stderr and exit with ``code``."""
+    sys.stderr.write(f"error: {' '.join(message.split())}\n")
+    sys.stderr.flush()
+    raise typer.Exit(code)
+
+
+# Library parameter names whose flag is not simply --name-with-dashes.
+_FLAGS = {"kwargs": "--arg", "allow_equalized": "--allow-equalized", "options": "--set"}
+
+
+def in_flags(message: str) -> str:
+    """A library message re-worded in flags: ``pass force=True`` → ``pass --force``, ``bn_mode=eval`` →
+    ``--bn-mode eval`` (only for the library's option names, so other ``x=y`` text stays).
+
+    >>> in_flags("use 2 or more, or bn_mode=eval; or pass force=True")
+    'use 2 or more, or --bn-mode eval; or pass --force'
+    """
+    import re
+
+    def word(m: re.Match[str]) -> str:
+        name, value = m.group(1), m.group(2)
+        if name not in LIBRARY_OPTIONS:
+            return m.group(0)
+        return flag(name).strip() if value == "True" else flag(name) + value
+
+    return re.sub(r"\b([a-z_]+)=([\w.-]+)", word, message)
+
+
+LIBRARY_OPTIONS = frozenset(
+    (
+        "allow_equalized", "batch_size", "batches", "bias_correction", "bn_mode", "data", "device", "force",
+        "frontend", "input_size", "max_images", "max_ratio", "mean", "min_batches", "mode", "seed", "std",
+        "tolerance", "workers",
+    )  # fmt: skip
+)
+
+
+def flag(name: str) -> str:
+    """The flag a library parameter is set with, as a message prefix: ``bn_mode`` → ``--bn-mode ``."""
+    return _FLAGS.get(name, "--" + name.replace("_", "-")) + " "
+
+
+# Shared options, declared once. Defaults are the same on every command that takes the option.
 ModelArg = Annotated[
     str,
     typer.Argument(
@@ -58,32 +139,12 @@ CheckpointOpt = Annotated[
 DataOpt = Annotated[
     Path | None, typer.Option("--data", help="folder of images to measure on (default: synthetic input)")
 ]
-InputSizeOpt = Annotated[str, typer.Option("--input-size", help="input height x width, e.g. 512x512")]
+InputSizeOpt = Annotated[
+    str | None,
+    typer.Option("--input-size", help="HxW, e.g. 512x512 (default: the model's or record's, else 512x512)"),
+]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1, help="images per forward")]
 BatchesOpt = Annotated[int, typer.Option("--batches", min=1, help="forwards to measure over")]
-# analyze and check measure the same way by default, so `check` passes exactly what `analyze` showed.
-MEASURE_INPUT_SIZE = "256x256"
-MEASURE_BATCH_SIZE = 4
-MEASURE_BATCHES = 1
-SeedOpt = Annotated[
-    int, typer.Option("--seed", help="seed for model initialization, synthetic input and image sampling")
-]
-BnModeOpt = Annotated[
-    str,
-    typer.Option(
-        "--bn-mode",
-        help="auto: batch statistics when BN has never seen data, else eval; batch; eval",
-        case_sensitive=False,
-    ),
-]
-FrontendOpt = Annotated[str, typer.Option("--frontend", help="auto (fx, then torch.export), fx or export")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda when available), cpu or cuda")]
-ForceOpt = Annotated[bool, typer.Option("--force", help="overwrite existing output files")]
-JsonOutOpt = Annotated[Path | None, typer.Option("--json", help="write the report as JSON to this file")]
-# Image-folder options of calibrate and verify.
-OptionalInputSizeOpt = Annotated[
-    str | None, typer.Option("--input-size", help="HxW, e.g. 512x512 (default: the model's, else 512x512)")
-]
 MaxImagesOpt = Annotated[int | None, typer.Option("--max-images", min=1, help="use at most this many images")]
 WorkersOpt = Annotated[int, typer.Option("--workers", min=0, help="image decoding worker processes")]
 MeanOpt = Annotated[
@@ -94,10 +155,32 @@ StdOpt = Annotated[
     str | None,
     typer.Option("--std", help="per-channel std in [0,1], e.g. 0.229,0.224,0.225 (default: model's)"),
 ]
+SeedOpt = Annotated[
+    int, typer.Option("--seed", help="seed for model initialization, synthetic input and image sampling")
+]
+BnMode = Literal["auto", "batch", "eval"]
+BnModeOpt = Annotated[
+    BnMode,
+    typer.Option("--bn-mode", help="auto: batch statistics when a BN layer has never seen data, else eval"),
+]
+FrontendOpt = Annotated[
+    Literal["auto", "fx", "export"], typer.Option("--frontend", help="auto: torch.fx, then torch.export")
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda when available), cpu, cuda or cuda:N")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="overwrite existing output files")]
+JsonOutOpt = Annotated[Path | None, typer.Option("--json", help="also write the report as JSON to this file")]
+Format = Literal["text", "json"]
+FormatOpt = Annotated[Format, typer.Option("--format", help="text (tables) or json (to stdout)")]
+
+BATCH_SIZE = 8
+BATCHES = 1
+WORKERS = 2
 
 
-def parse_floats(text: str, option: str) -> tuple[float, ...]:
+def parse_floats(text: str | None, option: str) -> tuple[float, ...] | None:
     """``"0.5,0.5,0.5"`` → (0.5, 0.5, 0.5); a single value is repeated for the 3 channels."""
+    if text is None:
+        return None
     try:
         values = tuple(float(v) for v in text.replace(" ", ",").split(",") if v)
     except ValueError:
@@ -109,8 +192,10 @@ def parse_floats(text: str, option: str) -> tuple[float, ...]:
     return values
 
 
-def parse_size(text: str) -> tuple[int, int]:
+def parse_size(text: str | None) -> tuple[int, int] | None:
     """``"512x1024"`` → (512, 1024); ``"512"`` → (512, 512)."""
+    if text is None:
+        return None
     parts = text.lower().replace("×", "x").split("x")
     try:
         size = tuple(int(p) for p in parts)
@@ -123,89 +208,36 @@ def parse_size(text: str) -> tuple[int, int]:
     return size  # type: ignore[return-value]
 
 
-def resolve_device(device: str) -> str:
-    import torch
+def model_ref(spec: str, arg: list[str] | None, checkpoint: Path | None) -> Any:
+    """The ``ModelRef`` the shared MODEL/--arg/--checkpoint options name."""
+    from eqsurgeon.api import ModelRef
+    from eqsurgeon.loading import parse_kwargs
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise EqSurgeonError(f"--device {device!r} is unknown; use auto, cpu or cuda")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise EqSurgeonError("--device cuda asked for, but no CUDA device is available; use --device cpu")
-    return device
+    return ModelRef(spec, parse_kwargs(arg), checkpoint)
 
 
-def measured_analysis(
-    model_spec: str,
-    arg: list[str] | None,
-    checkpoint: Path | None,
-    data: Path | None,
-    input_size: str,
-    batch_size: int,
-    batches: int,
-    seed: int,
-    bn_mode: str,
-    frontend: str,
-    device: str = "cpu",
-) -> tuple[Any, dict[str, str]]:
-    """Load, capture, find and measure as the shared options say; returns (Analysis, checkpoint metadata)."""
-    from eqsurgeon.analysis import analyze, synthetic_batches
-    from eqsurgeon.loading import load_model_with_metadata, parse_kwargs
-    from eqsurgeon.measure import BN_MODES
-
-    if bn_mode not in BN_MODES:
-        raise EqSurgeonError(f"--bn-mode {bn_mode!r} is unknown; use one of {', '.join(BN_MODES)}")
-    size = parse_size(input_size)
-    device = resolve_device(device)
-    import torch
-
-    torch.manual_seed(seed)  # a freshly initialized model is part of what is measured: make it repeatable
-    model, metadata = load_model_with_metadata(model_spec, parse_kwargs(arg), checkpoint)
-    model = model.to(device)
-    if data is None:
-        inputs = synthetic_batches(size, batch_size, batches, seed, device)
-        source = "synthetic"
-    else:
-        from eqsurgeon.images import image_loader, model_normalization
-
-        norm = model_normalization(model)
-        mean, std = norm if norm else (None, None)
-        loader, _ = image_loader(
-            data,
-            size=size,
-            batch_size=batch_size,
-            mean=mean,
-            std=std,
-            max_images=batch_size * batches,
-            seed=seed,
-        )
-        inputs = (b.to(device) for b in loader)
-        source = str(data)
-    _require_batch_for_bn(model, batch_size, bn_mode)
-    analysis = analyze(
-        model, inputs, frontend=frontend, bn_mode=bn_mode, model_name=model_spec, source=source
-    )
-    if data is not None and loader.skipped:
-        names = ", ".join(f"{s.path.name} ({s.reason})" for s in loader.skipped[:5])
-        err_console.print(f"skipped {len(loader.skipped)} unreadable file(s): {names}", highlight=False)
-    return analysis, metadata
+def human(fmt: str) -> Console:
+    """Where human-readable text goes: stdout, or stderr when machine output takes stdout."""
+    return err_console if fmt != "text" else console
 
 
-def _require_batch_for_bn(model: Any, batch_size: int, bn_mode: str) -> None:
-    from eqsurgeon.measure import resolve_bn_mode
+def emit_json(data: Any) -> None:
+    """Machine output: one JSON document on stdout (NaN/inf as null)."""
+    from eqsurgeon.io import finite
 
-    if batch_size < 2 and resolve_bn_mode(model, bn_mode) == "batch":
-        raise EqSurgeonError(
-            "BN on batch statistics needs at least 2 images per forward; use --batch-size 2 or --bn-mode eval"
-        )
+    typer.echo(json.dumps(finite(data), indent=2))
 
 
 def check_outputs(*paths: Path | None, force: bool = False) -> None:
-    """Refuse missing output folders and existing outputs (unless ``force``) before any work is done."""
+    """Refuse missing folders, folders, unwritable places and existing outputs before any work."""
+    from eqsurgeon.errors import OutputExistsError
+
     for path in paths:
         if path is None:
             continue
         if not path.parent.is_dir():
-            raise EqSurgeonError(f"folder {path.parent} for {path.name} does not exist; create it first")
+            raise OutputExistsError(f"folder {path.parent} for {path.name} does not exist; create it first")
+        if path.is_dir():
+            raise OutputExistsError(f"{path} is a folder; name a file inside it")
         if path.exists() and not force:
             raise OutputExistsError(f"{path} already exists; choose another path or pass --force")

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from eqsurgeon.cli import _common as c
-from eqsurgeon.cli._render import print_capture, print_sites
+from eqsurgeon.cli._render import data_options, measure_options, print_analysis, print_skipped
 
 
 @c.handle_errors
@@ -18,28 +18,33 @@ def analyze(
     checkpoint: c.CheckpointOpt = None,
     frontend: c.FrontendOpt = "auto",
     data: c.DataOpt = None,
-    input_size: c.InputSizeOpt = c.MEASURE_INPUT_SIZE,
-    batch_size: c.BatchSizeOpt = c.MEASURE_BATCH_SIZE,
-    batches: c.BatchesOpt = c.MEASURE_BATCHES,
+    input_size: c.InputSizeOpt = None,
+    batch_size: c.BatchSizeOpt = c.BATCH_SIZE,
+    batches: c.BatchesOpt = c.BATCHES,
     seed: c.SeedOpt = 0,
     bn_mode: c.BnModeOpt = "auto",
-    device: c.DeviceOpt = "cpu",
+    device: c.DeviceOpt = "auto",
+    fmt: c.FormatOpt = "text",
     json_out: c.JsonOutOpt = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="bar chart of input variances (PNG)")] = None,
     force: c.ForceOpt = False,
 ) -> None:
     """Find every upsample → concat → conv/linear site and measure its input scales."""
-    from eqsurgeon.report import analysis_to_dict, write_json, write_plot
+    from eqsurgeon import api
+    from eqsurgeon.io import write_json
+    from eqsurgeon.report import analysis_to_dict, write_plot
 
     c.check_outputs(json_out, plot, force=force)
-    analysis, _ = c.measured_analysis(
-        model, arg, checkpoint, data, input_size, batch_size, batches, seed, bn_mode, frontend, device
-    )
-    print_capture(analysis)
-    print_sites(analysis)
+    opts = data_options(input_size, batch_size, seed, device, batches=batches)
+    done = api.analyze(c.model_ref(model, arg, checkpoint), data, opts, measure_options(bn_mode, frontend))
+    out = c.human(fmt)
+    print_skipped(c.err_console, done.skipped)
+    print_analysis(out, done.analysis)
+    if fmt == "json":
+        c.emit_json(analysis_to_dict(done.analysis))
     if json_out is not None:
-        write_json(analysis_to_dict(analysis), json_out)
-        c.console.print(f"wrote {json_out}", highlight=False)
+        write_json(json_out, analysis_to_dict(done.analysis))
+        out.print(f"wrote {json_out}", markup=False)
     if plot is not None:
-        write_plot(analysis, plot)
-        c.console.print(f"wrote {plot}", highlight=False)
+        write_plot(done.analysis, plot)
+        out.print(f"wrote {plot}", markup=False)

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 from xml.sax.saxutils import quoteattr
 
 import typer
+from rich.console import Console
 
-from eqsurgeon.checking import DEFAULT_MAX_RATIO, CheckResult, check
 from eqsurgeon.cli import _common as c
-from eqsurgeon.cli._render import print_capture
+from eqsurgeon.cli._render import data_options, measure_options, print_capture, print_skipped
 
-FORMATS = ("text", "json", "junit")
+if TYPE_CHECKING:
+    from eqsurgeon.checking import CheckResult
+
+MAX_RATIO = 1.5  # eqsurgeon.checking.DEFAULT_MAX_RATIO, repeated here so --help imports no torch
 
 
 @c.handle_errors
@@ -20,79 +22,73 @@ def check_cmd(
     model: c.ModelArg,
     max_ratio: Annotated[
         float, typer.Option("--max-ratio", help="largest effective var_ratio that passes", min=1.0)
-    ] = DEFAULT_MAX_RATIO,
-    fmt: Annotated[str, typer.Option("--format", help="text, json or junit (to stdout)")] = "text",
+    ] = MAX_RATIO,
+    fmt: Annotated[
+        Literal["text", "json", "junit"], typer.Option("--format", help="text, or json/junit to stdout")
+    ] = "text",
     arg: c.ArgOpt = None,
     checkpoint: c.CheckpointOpt = None,
     frontend: c.FrontendOpt = "auto",
     data: c.DataOpt = None,
-    input_size: c.InputSizeOpt = c.MEASURE_INPUT_SIZE,
-    batch_size: c.BatchSizeOpt = c.MEASURE_BATCH_SIZE,
-    batches: c.BatchesOpt = c.MEASURE_BATCHES,
+    input_size: c.InputSizeOpt = None,
+    batch_size: c.BatchSizeOpt = c.BATCH_SIZE,
+    batches: c.BatchesOpt = c.BATCHES,
     seed: c.SeedOpt = 0,
     bn_mode: c.BnModeOpt = "auto",
-    device: c.DeviceOpt = "cpu",
+    device: c.DeviceOpt = "auto",
 ) -> None:
     """Exit 0 when every equalizable site's effective var_ratio ≤ --max-ratio, 1 when not, 2 on bad input."""
-    if fmt not in FORMATS:
-        raise c.EqSurgeonError(f"--format {fmt!r} is unknown; use text, json or junit")
-    analysis, metadata = c.measured_analysis(
-        model, arg, checkpoint, data, input_size, batch_size, batches, seed, bn_mode, frontend, device
+    from eqsurgeon import api
+    from eqsurgeon.report import check_to_dict
+
+    opts = data_options(input_size, batch_size, seed, device, batches=batches)
+    done = api.check(
+        c.model_ref(model, arg, checkpoint), data, opts, measure_options(bn_mode, frontend), max_ratio
     )
-    result = check(analysis, max_ratio, metadata)
+    assert done.result is not None
+    out = c.human(fmt)
+    print_skipped(c.err_console, done.skipped)
     if fmt == "json":
-        typer.echo(json.dumps(_as_dict(model, result), indent=2))
+        c.emit_json(check_to_dict(model, done.result))
     elif fmt == "junit":
-        typer.echo(_as_junit(model, result))
+        typer.echo(_as_junit(model, done.result))
     else:
-        print_capture(analysis)
-        _print_text(result)
-    raise typer.Exit(0 if result.passed else 1)
+        print_capture(out, done.analysis)
+        _print_text(out, done.result)
+    raise typer.Exit(0 if done.result.passed else c.EXIT_FAILED)
 
 
-def _print_text(result: CheckResult) -> None:
-    if not result.verdicts:
-        c.console.print("[bold green]pass[/]: no fusion site in this model, nothing to equalize")
+def _print_text(out: Console, result: CheckResult) -> None:
+    verdicts = result.verdicts
+    if not verdicts:
+        out.print("[bold green]pass[/]: no fusion site in this model, nothing to equalize")
         return
-    for v in result.verdicts:
+    for v in verdicts:
         mark = "[green]pass[/]" if v.passed else "[red]FAIL[/]"
         ratio = "-" if v.ratio is None else f"{v.ratio:.3f}"
         eq = " (folded scales applied)" if v.equalized else ""
-        c.console.print(f"{mark} {v.layer}: var_ratio {ratio}{eq} — {v.note}", highlight=False)
-    failed = sum(not v.passed for v in result.verdicts)
-    summary = "all sites in equilibrium" if result.passed else f"{failed} site(s) out of equilibrium"
-    c.console.print(f"[bold]{summary}[/] (max ratio {result.max_ratio:g})")
-
-
-def _as_dict(model: str, result: CheckResult) -> dict[str, object]:
-    return {
-        "model": model,
-        "passed": result.passed,
-        "max_ratio": result.max_ratio,
-        "sites": [
-            {
-                "layer": v.layer,
-                "var_ratio": v.ratio,
-                "passed": v.passed,
-                "equalized": v.equalized,
-                "note": v.note,
-            }
-            for v in result.verdicts
-        ],
-    }
+        out.print(mark, end=" ")
+        out.print(f"{v.layer}: var_ratio {ratio}{eq} — {v.note}", markup=False)
+    failed = sum(not v.passed for v in verdicts)
+    passed = result.passed
+    summary = "all sites in equilibrium" if passed else f"{failed} site(s) out of equilibrium"
+    out.print(f"[bold]{summary}[/] (max ratio {result.max_ratio:g})")
 
 
 def _as_junit(model: str, result: CheckResult) -> str:
-    failures = sum(not v.passed for v in result.verdicts)
+    verdicts = result.verdicts
+    failures = sum(not v.passed for v in verdicts)
     lines = [
         '<?xml version="1.0" encoding="utf-8"?>',
-        f'<testsuite name="eqsurgeon.check" tests="{len(result.verdicts)}" failures="{failures}">',
+        f'<testsuite name="eqsurgeon.check" tests="{len(verdicts)}" failures="{failures}">',
     ]
-    for v in result.verdicts:
+    for v in verdicts:
         attrs = f"classname={quoteattr(model)} name={quoteattr(v.layer)}"
         if v.passed:
             lines.append(f"  <testcase {attrs}/>")
         else:
-            lines.append(f"  <testcase {attrs}><failure message={quoteattr(v.note)}/></testcase>")
+            ratio = "not measurable" if v.ratio is None else f"{v.ratio:.4f}"
+            message = f"var_ratio {ratio} > max_ratio {result.max_ratio:g}: {v.note}"
+            lines.append(f"  <testcase {attrs}><failure message={quoteattr(message)}/></testcase>")
     lines.append("</testsuite>")
     return "\n".join(lines)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -12,7 +12,9 @@ from rich.table import Table
 
 from eqsurgeon.cli._common import console, handle_errors
 from eqsurgeon.training.config import TrainConfig, load_config
-from eqsurgeon.training.metrics import SegMetrics
+
+if TYPE_CHECKING:
+    from eqsurgeon.training.metrics import SegMetrics
 
 RecipeArg = Annotated[Path, typer.Argument(help="training recipe (TOML), e.g. train/recipes/demo.toml")]
 DataDirOpt = Annotated[Path | None, typer.Option("--data", help="dataset folder (overrides data.root)")]

@@ -13,17 +13,17 @@ and ``best.safetensors`` holds the weights with the best mIoU so far.
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save
 
-from eqsurgeon.errors import CheckpointError
+from eqsurgeon.errors import CheckpointError, one_line
+from eqsurgeon.io import atomic_write
+from eqsurgeon.io import save_checkpoint as save_weights
+from eqsurgeon.records import CalibrationRecord
 from eqsurgeon.training.config import ModelConfig
 
 
@@ -61,18 +61,21 @@ def save_checkpoint(
     iteration: int,
     weights: dict[str, torch.Tensor],
     state: dict[str, Any],
-    metadata: dict[str, str],
+    record: CalibrationRecord | None,
+    model: ModelConfig,
     keep: int,
 ) -> CheckpointFiles:
     """Write a checkpoint atomically, then delete the iteration checkpoints older than the last ``keep``.
 
+    >>> import tempfile
     >>> d = Path(tempfile.mkdtemp())
-    >>> f = save_checkpoint(d, 1, {"w": torch.ones(2)}, {"iter": 1}, {}, keep=1)
-    >>> load_state(f)["iter"], load_weights(f.weights)[0]["w"].tolist()
+    >>> f = save_checkpoint(d, 1, {"w": torch.ones(2)}, {"iter": 1}, None, ModelConfig(name="m"), keep=1)
+    >>> from eqsurgeon.io import read_state_dict
+    >>> load_state(f)["iter"], read_state_dict(f.weights)[0]["w"].tolist()
     (1, [1.0, 1.0])
     """
     files = checkpoint_files(run_dir, iteration)
-    write_weights(files.weights, weights, {**metadata, "iteration": str(iteration)})
+    write_weights(files.weights, weights, record, model, iteration)
     atomic_write(files.state, lambda f: torch.save(state, f))
     for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         old.state.unlink(missing_ok=True)  # state first: a half-deleted checkpoint is never "complete"
@@ -80,20 +83,17 @@ def save_checkpoint(
     return files
 
 
-def write_weights(path: Path, weights: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Atomically write a state dict as safetensors (contiguous CPU copies; tied tensors duplicated)."""
-    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in weights.items()}
-    data = save(tensors, metadata=metadata)
-    atomic_write(path, lambda f: f.write(data))
-
-
-def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(state dict, metadata) of a safetensors file."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-    return load_file(str(path)), metadata
+def write_weights(
+    path: Path,
+    weights: dict[str, torch.Tensor],
+    record: CalibrationRecord | None,
+    model: ModelConfig,
+    iteration: int,
+) -> Path:
+    """Weights as safetensors with the calibration record (so ``load_model`` rebuilds insert mode) and
+    the model spec and iteration as extra metadata."""
+    extra = {"model": model.name, "model_kwargs": json.dumps(model.kwargs), "iteration": str(iteration)}
+    return save_weights(path, weights, record, force=True, extra=extra)
 
 
 def load_state(files: CheckpointFiles) -> dict[str, Any]:
@@ -102,16 +102,8 @@ def load_state(files: CheckpointFiles) -> dict[str, Any]:
         return torch.load(files.state, map_location="cpu", weights_only=True)
     except Exception as exc:  # any unpickling failure means the file is not ours or is damaged
         raise CheckpointError(
-            f"cannot read {files.state} ({exc}); delete it to resume from an older one"
+            f"cannot read {files.state} ({one_line(exc)}); delete it to resume from an older one"
         ) from None
-
-
-def weights_metadata(model: ModelConfig, iteration: int, eq_record: dict[str, Any] | None) -> dict[str, str]:
-    """Safetensors metadata of a training checkpoint: model spec, iteration, calibration record."""
-    meta = {"model": model.name, "model_kwargs": json.dumps(model.kwargs), "iteration": str(iteration)}
-    if eq_record is not None:  # the calibrated-checkpoint format, so load_model rebuilds insert mode
-        meta["eqsurgeon"] = json.dumps(eq_record, sort_keys=True, separators=(",", ":"))
-    return meta
 
 
 def rng_state() -> dict[str, Any]:
@@ -128,23 +120,3 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Atomically write ``data`` as indented JSON."""
-    text = json.dumps(data, indent=2)
-    atomic_write(path, lambda f: f.write(text.encode()))
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(binary file)`` on a temp file next to ``path``, fsync, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

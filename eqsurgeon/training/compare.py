@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from eqsurgeon.errors import OutputExistsError
-from eqsurgeon.training.checkpoint import write_json
+from eqsurgeon.io import write_json
 from eqsurgeon.training.config import TrainConfig
 
 COMPARE_JSON = "compare.json"

@@ -10,13 +10,12 @@ with a TOML value (``--set optim.lr=1e-4``, ``--set data.crop_size=[256,256]``).
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from eqsurgeon.errors import RecipeError
 

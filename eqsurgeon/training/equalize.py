@@ -2,29 +2,26 @@
 
 The crops come through the training pipeline (RandomResize, RandomCrop, flip, photometric), seeded on a
 stream of their own so they do not shift the training data. Under DDP each rank measures its share and
-``calibrate`` pools count/mean/M2 across ranks after every batch (``eqsurgeon.reduce.ddp_reduce``), so
+``calibrate`` pools count/mean/M2 across ranks after every batch (``eqsurgeon.measure.ddp_reduce``), so
 every rank applies the same μ/σ, computed from the images of all ranks.
 
-The record written to ``eq.json`` and to each checkpoint's ``eqsurgeon`` metadata is the calibrated
-checkpoint format (``eqsurgeon.checkpoint.CalibrationRecord``), so ``load_model`` rebuilds insert-mode
-equalizers from any training checkpoint.
+The record written to ``eq.json`` and to each checkpoint is built by the same function as ``calibrate``'s
+(``eqsurgeon.calibration.build_record``), image mean/std on the record's 0–1 scale, so ``load_model``
+rebuilds insert-mode equalizers from any training checkpoint and ``verify`` reads it like any other.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from eqsurgeon.calibration import calibrate, site_records
-from eqsurgeon.checkpoint import METADATA_KEY, rebuild_equalizers
+from eqsurgeon.calibration import CalibrationOptions, RecordSource, build_record, calibrate
 from eqsurgeon.errors import RecipeError
+from eqsurgeon.measure import ddp_reduce
 from eqsurgeon.records import CalibrationRecord
-from eqsurgeon.reduce import ddp_reduce
 from eqsurgeon.training.config import TrainConfig
 from eqsurgeon.training.distributed import DistInfo
 from eqsurgeon.training.evaluate import to_input
@@ -36,7 +33,7 @@ _CALIBRATION_EPOCH = -1
 
 def equalize_in_loop(
     model: nn.Module, cfg: TrainConfig, train_set: Dataset, info: DistInfo
-) -> tuple[nn.Module, dict[str, Any]]:
+) -> tuple[nn.Module, CalibrationRecord]:
     """Calibrate ``model`` in place on ``cfg.eq.images`` training crops (over all ranks).
 
     Returns:
@@ -59,34 +56,17 @@ def equalize_in_loop(
     images = [batch for batch, _ in loader]  # uint8, small; re-read once per site by calibrate
     model.to(info.device)
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.run.amp)
-    result = calibrate(
-        model,
-        _Normalized(images, cfg, info.device),
-        mode=eq.mode,
-        bias_correction=eq.bias_correction,
-        bn_mode=eq.bn_mode,
-        tolerance=eq.tolerance,
-        max_images=eq.images,
-        autocast_dtype=amp,
-        reduce=ddp_reduce,
-    )
-    meta = CalibrationRecord(
-        model=cfg.model.name,
-        mode=result.mode,
-        bn_mode=result.bn_mode,
-        images=result.images,
-        data_fingerprint=f"train crops of {cfg.data.root} (seed {cfg.run.seed})",
-        model_kwargs=dict(cfg.model.kwargs),
-        bias_correction=result.bias_correction,
-        tolerance=result.tolerance,
-        converged=result.converged,
-        seed=cfg.run.seed,
-        input_size=tuple(cfg.data.crop_size),
-        image_mean=tuple(cfg.data.mean),
-        image_std=tuple(cfg.data.std),
-        sites=site_records(result),
-    )
-    return model, json.loads(meta.to_json())
+    options = CalibrationOptions(
+        mode=eq.mode, bias_correction=eq.bias_correction, bn_mode=eq.bn_mode, tolerance=eq.tolerance,
+        max_images=eq.images, autocast_dtype=amp,
+    )  # fmt: skip
+    result = calibrate(model, _Normalized(images, cfg, info.device), options, reduce=ddp_reduce)
+    source = RecordSource(
+        model=cfg.model.name, data_fingerprint=f"train crops of {cfg.data.root} (seed {cfg.run.seed})",
+        model_kwargs=dict(cfg.model.kwargs), seed=cfg.run.seed, input_size=tuple(cfg.data.crop_size),
+        image_mean=tuple(v / 255 for v in cfg.data.mean), image_std=tuple(v / 255 for v in cfg.data.std),
+    )  # fmt: skip
+    return model, build_record(result, source)
 
 
 def calibration_keys(size: int, seed: int, rank: int, world: int, count: int) -> list[tuple[int, int]]:
@@ -101,12 +81,6 @@ def calibration_keys(size: int, seed: int, rank: int, world: int, count: int) ->
     """
     stream = iter(InfiniteSampler(size, seed + 1, rank, world))
     return [(_CALIBRATION_EPOCH - epoch, index) for epoch, index in (next(stream) for _ in range(count))]
-
-
-def rebuild_inserted(model: nn.Module, record: dict[str, Any]) -> nn.Module:
-    """Re-insert the equalizer wrappers an insert-mode record describes (before loading its weights)."""
-    rebuild_equalizers(model, {METADATA_KEY: json.dumps(record)})
-    return model
 
 
 class _Normalized:

@@ -9,6 +9,7 @@ it, and each sample's augmentation is seeded by (seed, epoch, index)).
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import resource
 import time
@@ -22,17 +23,23 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from eqsurgeon.errors import CheckpointError, DataError, RecipeError, TrainingError
-from eqsurgeon.loading import fit_state_dict
+from eqsurgeon.io import (
+    fit_state_dict,
+    read_state_dict,
+    rebuild_equalizers,
+    record_from_json,
+    record_to_dict,
+    record_to_json,
+    write_json,
+)
+from eqsurgeon.records import CalibrationRecord
 from eqsurgeon.training import distributed, rundir
 from eqsurgeon.training.checkpoint import (
     checkpoint_files,
     load_state,
-    load_weights,
     rng_state,
     save_checkpoint,
     set_rng_state,
-    weights_metadata,
-    write_json,
     write_weights,
 )
 from eqsurgeon.training.config import TrainConfig
@@ -57,7 +64,7 @@ class TrainResult:
     best_miou: float | None
     metrics: SegMetrics | None
     seconds: float
-    eq: dict[str, Any] | None
+    eq: CalibrationRecord | None
     model: nn.Module  # the trained model, unwrapped from DDP/compile, on its device
 
 
@@ -102,13 +109,10 @@ def _train(cfg: TrainConfig, resume: bool, on_log: LogFn, info: distributed.Dist
     state: dict[str, Any] | None = None
     if ckpt is not None:
         state = load_state(ckpt)
-        eq_record = state.get("eq")
-        if eq_record is not None and eq_record.get("mode") == "insert":
-            # insert mode added equalizer modules: rebuild them before loading their weights
-            from eqsurgeon.training.equalize import rebuild_inserted
-
-            model = rebuild_inserted(model, eq_record)
-        fit_state_dict(model, load_weights(ckpt.weights)[0], ckpt.weights)
+        eq_record = _state_record(state.get("eq"))
+        if eq_record is not None:  # insert mode added equalizer modules: rebuild them before loading
+            rebuild_equalizers(model, eq_record)
+        fit_state_dict(model, read_state_dict(ckpt.weights)[0], ckpt.weights)
         start_iter, best_miou = int(state["iter"]), state.get("best_miou")
         if len(state["rng"]) != info.world:
             raise RecipeError(
@@ -117,9 +121,9 @@ def _train(cfg: TrainConfig, resume: bool, on_log: LogFn, info: distributed.Dist
     elif cfg.eq.mode != "none":
         from eqsurgeon.training.equalize import equalize_in_loop
 
-        if eq_record is not None and any(s["status"] == "ok" for s in eq_record["sites"]):
+        if eq_record is not None and eq_record.equalized_sites:
             raise CheckpointError(
-                f"--init {cfg.model.init} is already equalized ({eq_record['mode']} mode); equalizing again "
+                f"model.init {cfg.model.init} is already equalized ({eq_record.mode} mode); equalizing again "
                 'would divide by σ twice: set eq.mode = "none" to train it as is'
             )
 
@@ -157,7 +161,7 @@ def _train(cfg: TrainConfig, resume: bool, on_log: LogFn, info: distributed.Dist
     if ckpt is None and info.is_main:
         rundir.create(run_dir, cfg)  # only now: a start that failed on bad input leaves no folder behind
     if cfg.eq.mode != "none" and eq_record is not None and ckpt is None and info.is_main:
-        write_json(run_dir / "eq.json", eq_record)
+        write_json(run_dir / "eq.json", record_to_dict(eq_record))
     distributed.barrier()
 
     sampler = InfiniteSampler(
@@ -240,8 +244,7 @@ def _train(cfg: TrainConfig, resume: bool, on_log: LogFn, info: distributed.Dist
                 on_log({**record, "phase": "eval"})
                 if best_miou is None or metrics.miou > best_miou:
                     best_miou = metrics.miou
-                    meta = weights_metadata(cfg.model, done, eq_record)
-                    write_weights(run_dir / "best.safetensors", raw.state_dict(), meta)
+                    write_weights(run_dir / "best.safetensors", raw.state_dict(), eq_record, cfg.model, done)
                     write_json(run_dir / "best.json", {"iter": done, "mIoU": metrics.miou})
             best_miou = distributed.broadcast_object(best_miou)
             window_start = time.perf_counter()  # evaluation time is not training throughput
@@ -264,7 +267,7 @@ def _train(cfg: TrainConfig, resume: bool, on_log: LogFn, info: distributed.Dist
                     "world": info.world,
                 },
                 "best_miou": best_miou,
-                "eq": eq_record,
+                "eq": None if eq_record is None else record_to_json(eq_record),
             }
             if info.is_main:
                 save_checkpoint(
@@ -272,7 +275,8 @@ def _train(cfg: TrainConfig, resume: bool, on_log: LogFn, info: distributed.Dist
                     done,
                     raw.state_dict(),
                     train_state,
-                    weights_metadata(cfg.model, done, eq_record),
+                    eq_record,
+                    cfg.model,
                     cfg.checkpoint.keep,
                 )
             distributed.barrier()
@@ -331,3 +335,10 @@ def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _state_record(saved: str | dict[str, Any] | None) -> CalibrationRecord | None:
+    # Training states store the record as its JSON text; older ones stored the parsed dict.
+    if saved is None:
+        return None
+    return record_from_json(saved if isinstance(saved, str) else json.dumps(saved))

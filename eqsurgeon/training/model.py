@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 from torch import nn
 
-from eqsurgeon.checkpoint import METADATA_KEY
 from eqsurgeon.errors import RecipeError
+from eqsurgeon.io import read_checkpoint
 from eqsurgeon.loading import load_model
+from eqsurgeon.records import CalibrationRecord
 from eqsurgeon.training.config import ModelConfig
 
 
@@ -32,12 +31,8 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     return model
 
 
-def init_record(cfg: ModelConfig) -> dict[str, Any] | None:
-    """The calibration record in the ``init`` checkpoint's metadata, if it is a calibrated safetensors."""
-    if not cfg.init or not cfg.init.endswith(".safetensors"):
+def init_record(cfg: ModelConfig) -> CalibrationRecord | None:
+    """The calibration record the ``init`` checkpoint carries, if any."""
+    if not cfg.init:
         return None
-    from safetensors import safe_open
-
-    with safe_open(cfg.init, framework="pt") as f:
-        metadata = f.metadata() or {}
-    return json.loads(metadata[METADATA_KEY]) if METADATA_KEY in metadata else None
+    return read_checkpoint(cfg.init)[1]

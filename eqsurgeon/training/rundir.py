@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from eqsurgeon.errors import CheckpointError, OutputExistsError, RecipeError
-from eqsurgeon.training.checkpoint import CheckpointFiles, atomic_write, list_checkpoints
+from eqsurgeon.io import atomic_write
+from eqsurgeon.training.checkpoint import CheckpointFiles, list_checkpoints
 from eqsurgeon.training.config import TrainConfig, config_to_dict, dump_toml, load_config_text
 
 CONFIG_NAME = "config.toml"

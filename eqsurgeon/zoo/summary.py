@@ -82,3 +82,39 @@ def _count_sites(meta_model: nn.Module) -> int:
 
     # Capture needs shapes only (fake-tensor propagation), so the meta model and a meta input suffice.
     return len(find_sites(meta_model, torch.empty(1, 3, *SITES_SIZE, device="meta")))
+
+
+def table_document(names: list[str] | None = None) -> dict[str, object]:
+    """The ``eqsurgeon models --format json`` document for ``names`` (all zoo models by default).
+
+    ``eqsurgeon models`` answers from a copy of this document (``eqsurgeon/cli/_zoo_table.json``,
+    written by ``python -m eqsurgeon.zoo.summary``), so listing the zoo builds no model and imports no
+    torch; a test rebuilds it from the real models and compares.
+    """
+    from eqsurgeon.registry import list_models
+
+    rows = [summarize(n) for n in (names or list_models())]
+    return {
+        "flops_input": list(FLOPS_SIZE),
+        "models": [
+            {
+                "name": r.name,
+                "params": r.params,
+                "gflops": None if r.gflops is None else round(r.gflops, 2),
+                "sites": r.sites,
+                "paper_table": r.paper_table,
+                "mmseg_config": r.mmseg_config,
+                "tags": list(r.tags),
+            }
+            for r in rows
+        ],
+    }
+
+
+if __name__ == "__main__":
+    import json
+    from pathlib import Path
+
+    target = Path(__file__).resolve().parents[1] / "cli" / "_zoo_table.json"
+    target.write_text(json.dumps(table_document(), indent=2) + "\n")
+    print(f"wrote {target}")

@@ -1,104 +1,18 @@
-"""Measure each concat input's global mean and variance on the real eager model.
+"""Forward pre-hooks that stream every concat input's moments, and the per-batch moment math.
 
-Forward pre-hooks on every fusing layer slice its input by channel range and accumulate float64 moments;
-the model's parameters, buffers and train/eval flags are identical afterwards.
+Each hook slices the fusing layer's input by the site's channel ranges and queues the slice's mean and
+variance on the device; the accumulator merges them exactly (Chan et al.) in Python floats.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
 
 from eqsurgeon.records import FusionSite, Moments
-from eqsurgeon.state import preserved_state
-
-BN_MODES = ("auto", "batch", "eval")
-
-
-@dataclass(frozen=True)
-class Measurement:
-    """Moments per site (keyed by ``FusionSite.layer``), with how they were measured."""
-
-    moments: dict[str, tuple[Moments, ...]]
-    bn_mode: str
-    images: int
-
-
-def measure(
-    model: nn.Module, sites: Iterable[FusionSite], batches: Iterable[torch.Tensor], bn_mode: str = "auto"
-) -> Measurement:
-    """Run ``model`` on ``batches`` and return every ok site's input moments.
-
-    Args:
-        model: the eager model; unchanged afterwards.
-        sites: from :func:`eqsurgeon.find_sites`; skipped sites are not measured.
-        batches: image tensors ``[N, C, H, W]`` already on the model's device.
-        bn_mode: ``"batch"`` (BN on batch statistics, running buffers untouched), ``"eval"``, or ``"auto"``
-            (batch when some BN layer has never seen data).
-
-    >>> conv = nn.Conv2d(4, 2, 1)
-    >>> from eqsurgeon.sites import Subject
-    >>> site = FusionSite("", "conv2d", 1, (Subject((0, 2), "a"), Subject((2, 4), "b")))
-    >>> m = measure(conv, [site], [torch.ones(2, 4, 3, 3)])
-    >>> m.moments[""][0].mean
-    1.0
-    """
-    sites = [s for s in sites if s.ok]
-    images = 0
-    with measuring_mode(model, bn_mode) as resolved, MomentHooks(model, sites) as hooks, torch.no_grad():
-        for batch in batches:
-            model(batch)
-            images += batch.shape[0]
-    return Measurement(hooks.moments(), resolved, images)
-
-
-def resolve_bn_mode(model: nn.Module, bn_mode: str = "auto") -> str:
-    """``"batch"`` or ``"eval"``: ``auto`` picks batch when any BN's running stats are still (0, 1)."""
-    if bn_mode not in BN_MODES:
-        raise ValueError(f"unknown bn mode {bn_mode!r}; use one of {', '.join(BN_MODES)}")
-    if bn_mode != "auto":
-        return bn_mode
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and _never_saw_data(m):
-            return "batch"  # eval mode would not show what training sees
-    return "eval"
-
-
-def _never_saw_data(bn: nn.modules.batchnorm._BatchNorm) -> bool:
-    if bn.running_mean is None or bn.running_var is None:
-        return False
-    return bool(bn.running_mean.eq(0).all()) and bool(bn.running_var.eq(1).all())
-
-
-@contextmanager
-def measuring_mode(model: nn.Module, bn_mode: str = "auto") -> Iterator[str]:
-    """Put ``model`` in measuring mode (dropout off, BN per ``bn_mode``) and restore everything after.
-
-    cuDNN autotuning (``torch.backends.cudnn.benchmark``, which the trainer turns on) is off meanwhile:
-    a measuring pass runs a few dozen forwards at shapes training never sees, where autotuning costs
-    more than it saves (calibration took 10.2 s instead of 4.6 s on an H200) and its trial workspaces
-    briefly took 133 GiB of the GPU's memory.
-
-    Yields the resolved mode, ``"batch"`` or ``"eval"``.
-    """
-    resolved = resolve_bn_mode(model, bn_mode)
-    autotune = torch.backends.cudnn.benchmark
-    with preserved_state(model):
-        model.eval()
-        if resolved == "batch":
-            for m in model.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.train()  # batch statistics; the buffers it updates are restored on exit
-        torch.backends.cudnn.benchmark = False
-        try:
-            yield resolved
-        finally:
-            torch.backends.cudnn.benchmark = autotune
 
 
 class MomentHooks:

@@ -11,14 +11,16 @@ import pytest
 import torch
 from torch import nn
 
-from eqsurgeon import checkpoint as ckpt
-from eqsurgeon.checkpoint import (
+from eqsurgeon import io as ckpt
+from eqsurgeon.errors import CheckpointError, OutputExistsError
+from eqsurgeon.io import (
     load,
     read_checkpoint,
+    record_from_json,
+    record_to_json,
     refuse_double_equalization,
     save_checkpoint,
 )
-from eqsurgeon.errors import CheckpointError, OutputExistsError
 from eqsurgeon.records import CalibrationRecord, InputRecord, SiteRecord
 
 
@@ -36,7 +38,7 @@ def test_round_trip_preserves_tensors_and_metadata(tmp_path: Path) -> None:
     net = nn.Sequential(nn.Conv2d(4, 2, 3), nn.BatchNorm2d(2))
     path = save_checkpoint(tmp_path / "a.safetensors", net.state_dict(), _meta())
     tensors, meta = read_checkpoint(path)
-    assert meta == CalibrationRecord.from_json(_meta().to_json())
+    assert meta == record_from_json(record_to_json(_meta()))
     assert meta.sites[0].inputs[1].channels == (2, 4) and meta.tool_version
     fresh = nn.Sequential(nn.Conv2d(4, 2, 3), nn.BatchNorm2d(2))
     fresh.load_state_dict(tensors, strict=True)
@@ -48,7 +50,7 @@ def test_round_trip_preserves_tensors_and_metadata(tmp_path: Path) -> None:
 def test_bytes_are_identical_across_processes(tmp_path: Path) -> None:
     code = (
         "import sys, torch; from torch import nn; sys.path.insert(0, '.');"
-        "from tests.test_checkpoint import _meta; from eqsurgeon.checkpoint import save_checkpoint;"
+        "from tests.test_io import _meta; from eqsurgeon.io import save_checkpoint;"
         "torch.manual_seed(0); net = nn.Sequential(nn.Conv2d(4, 2, 3), nn.BatchNorm2d(2), nn.Linear(3, 3));"
         "save_checkpoint(sys.argv[1], net.state_dict(), _meta())"
     )
@@ -65,7 +67,7 @@ def test_bytes_are_identical_across_processes(tmp_path: Path) -> None:
 def test_never_overwrites_without_force(tmp_path: Path) -> None:
     path = tmp_path / "a.safetensors"
     path.write_bytes(b"precious")
-    with pytest.raises(OutputExistsError, match="--force"):
+    with pytest.raises(OutputExistsError, match="already exists.*force"):
         save_checkpoint(path, {"w": torch.ones(1)}, _meta())
     assert path.read_bytes() == b"precious"
     save_checkpoint(path, {"w": torch.ones(1)}, _meta(), force=True)
@@ -101,10 +103,10 @@ def test_interrupt_keeps_the_old_file_when_forcing(tmp_path: Path, monkeypatch) 
 
 
 def test_refuses_already_equalized_unless_forced(tmp_path: Path) -> None:
-    with pytest.raises(CheckpointError, match=r"second time.*--force"):
-        refuse_double_equalization(_meta(), "x.safetensors", force=False)
-    refuse_double_equalization(_meta(), "x.safetensors", force=True)
-    refuse_double_equalization(None, "plain.safetensors", force=False)
+    with pytest.raises(CheckpointError, match=r"second time.*allow_equalized=True"):
+        refuse_double_equalization(_meta(), "x.safetensors", allow=False)
+    refuse_double_equalization(_meta(), "x.safetensors", allow=True)
+    refuse_double_equalization(None, "plain.safetensors", allow=False)
 
 
 def test_reads_pt_weights_only_and_unwraps(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
-"""Reduce: pool measuring state across DDP ranks, so every rank takes the same stopping decision.
+"""Pooling across DDP ranks, so every rank takes the same stopping decision.
 
-``calibrate(..., reduce=ddp_reduce)`` under ``torchrun``: each rank measures its own shard of images,
-and after every batch the per-input moments of all ranks are merged exactly (count, mean, M2).
+Under ``torchrun``, with ``reduce=ddp_reduce`` (``measure_until``, and so ``calibrate``), each rank
+measures its own shard of images, and after every batch the per-input moments of all ranks are merged
+exactly (count, mean, M2).
 """
 
 from __future__ import annotations

@@ -1,0 +1,32 @@
+"""Pure statistics over numbers: no tensors, no models.
+
+>>> round(BN_RELU_VAR, 4), round(BN_RELU_MEAN, 4)
+(0.3408, 0.3989)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+BN_RELU_MEAN = 1 / math.sqrt(2 * math.pi)  # mean of ReLU(N(0, 1))
+BN_RELU_VAR = (math.pi - 1) / (2 * math.pi)  # variance of ReLU(N(0, 1)): the reference scale
+
+
+def var_ratio(variances: Sequence[float], scales: Sequence[float] | None = None) -> float:
+    """Largest over smallest variance; ``inf`` when one is zero or not finite.
+
+    Args:
+        variances: one variance per concat input.
+        scales: per-input factors already applied to the inputs (folded 1/σ): each variance counts ×s².
+
+    >>> var_ratio([0.34, 0.2])
+    1.7
+    >>> var_ratio([0.34, 0.2], scales=[1 / 0.34 ** 0.5, 1 / 0.2 ** 0.5])
+    1.0
+    """
+    if scales is not None:
+        variances = [v * s * s for v, s in zip(variances, scales, strict=True)]
+    if not variances or not all(math.isfinite(v) for v in variances) or min(variances) <= 0:
+        return math.inf
+    return round(max(variances) / min(variances), 12)
