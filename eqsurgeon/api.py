@@ -26,7 +26,14 @@ from torch import nn
 from eqsurgeon.calibration import CalibrationOptions, CalibrationResult, Progress, RecordSource, build_record
 from eqsurgeon.checking import DEFAULT_MAX_RATIO, CheckResult
 from eqsurgeon.errors import EqSurgeonError, OptionError, check_choice, check_range
-from eqsurgeon.images import IMAGENET_MEAN, IMAGENET_STD, LoaderOptions, Skipped
+from eqsurgeon.images import Skipped
+from eqsurgeon.inputs import (
+    input_size,
+    make_batches,
+    materialize,
+    normalization,
+    require_batch_for_bn,
+)
 from eqsurgeon.records import Analysis, CalibrationRecord, InputInfo
 from eqsurgeon.verification import Verification
 
@@ -161,9 +168,9 @@ def analyze(
     from eqsurgeon.sites import find
 
     opts, how = options or DataOptions(), measure or MeasureOptions()
-    net, record, name = _materialize(model, opts)
-    _require_batch_for_bn(net, opts.batch_size, how.bn_mode)
-    batches, source, loader = _batches(net, data, opts, record, limit=opts.batch_size * opts.batches)
+    net, record, name = materialize(model, opts)
+    require_batch_for_bn(net, opts.batch_size, how.bn_mode)
+    batches, source, loader = make_batches(net, data, opts, record, limit=opts.batch_size * opts.batches)
     it = iter(batches)
     first = next(it, None)
     if first is None:
@@ -232,16 +239,16 @@ def calibrate(
         out = check_output(out, force, (".safetensors",))  # fail before minutes of measuring
     if data is None:
         raise OptionError("data", None, "is missing; calibrate needs training images")
-    net, record, name = _materialize(model, opts)
+    net, record, name = materialize(model, opts)
     refuse_double_equalization(record, _label(model), allow_equalized)
-    _require_batch_for_bn(net, opts.batch_size, cal.bn_mode)
-    batches, _, loader = _batches(net, data, opts, record, limit=opts.max_images)
+    require_batch_for_bn(net, opts.batch_size, cal.bn_mode)
+    batches, _, loader = make_batches(net, data, opts, record, limit=opts.max_images)
     result = run_calibration(net, batches, cal, progress=progress)
-    mean, std = _normalization(net, opts, record)
+    mean, std = normalization(net, opts, record)
     source = RecordSource(
         model=name, data_fingerprint=loader.source.fingerprint() if loader else "batches",
         model_kwargs=dict(model.kwargs) if isinstance(model, ModelRef) else {}, seed=opts.seed,
-        input_size=_input_size(net, opts, record), image_mean=mean, image_std=std,
+        input_size=input_size(net, opts, record), image_mean=mean, image_std=std,
         skipped_files=len(_skipped(loader)),
     )  # fmt: skip
     new_record = build_record(result, source)
@@ -272,111 +279,13 @@ def verify(
     from eqsurgeon.verification import verify as run_verify
 
     opts = data_options or DataOptions()
-    net, own, _ = _materialize(model, opts)
+    net, own, _ = materialize(model, opts)
     record = record or own
     if record is None:
         raise CheckpointError(f"{_label(model)} has no calibration record; pass weights written by calibrate")
-    batches, _, loader = _batches(net, data, opts, record, limit=opts.max_images)
+    batches, _, loader = make_batches(net, data, opts, record, limit=opts.max_images)
     result = run_verify(net, batches, record, bn_mode)
-    return Verified(result, record, _input_size(net, opts, record), _skipped(loader))
-
-
-def synthetic_batches(
-    size: tuple[int, int], batch_size: int, count: int = 1, seed: int = 0, device: str = "cpu"
-) -> list[torch.Tensor]:
-    """Normalized-image-like batches: i.i.d. N(0, 1) pixels, reproducible from ``seed``.
-
-    >>> synthetic_batches((4, 4), 2, count=3)[2].shape
-    torch.Size([2, 3, 4, 4])
-    """
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(batch_size, 3, *size, generator=gen).to(device) for _ in range(count)]
-
-
-def _materialize(model: ModelLike, opts: DataOptions) -> tuple[nn.Module, CalibrationRecord | None, str]:
-    # (module on the device, its checkpoint's record, the name reports show)
-    if isinstance(model, nn.Module):
-        return model, None, type(model).__name__
-    from eqsurgeon.loading import load_model_with_record
-
-    ref = ModelRef(model) if isinstance(model, str) else model
-    torch.manual_seed(opts.seed)  # a fresh model's initialization is part of what is measured
-    net, record = load_model_with_record(ref.spec, ref.kwargs, ref.checkpoint)
-    return net.to(_device(opts.device)), record, ref.spec
-
-
-def _batches(
-    net: nn.Module, data: Data, opts: DataOptions, record: CalibrationRecord | None, limit: int | None
-) -> tuple[Iterable[torch.Tensor], str, Any]:
-    # (batches on the device, the source for reports, the image loader when data is a folder)
-    device = _device(opts.device)
-    if data is None:
-        size = _input_size(net, opts, record)
-        return synthetic_batches(size, opts.batch_size, opts.batches, opts.seed, device), "synthetic", None
-    if not isinstance(data, (str, Path)):
-        return [b.to(device) for b in data], "batches", None
-    from eqsurgeon.images import image_loader
-
-    mean, std = _normalization(net, opts, record)
-    loader_options = LoaderOptions(
-        size=_input_size(net, opts, record), batch_size=opts.batch_size, mean=mean, std=std,
-        workers=opts.workers, max_images=limit, seed=opts.seed, pin_memory=device.startswith("cuda"),
-    )  # fmt: skip
-    loader, _ = image_loader(data, loader_options)
-    return _OnDevice(loader, device), str(data), loader
-
-
-class _OnDevice:
-    """Re-iterable view of a loader's batches, moved to a device."""
-
-    def __init__(self, loader: Iterable[torch.Tensor], device: str) -> None:
-        self.loader, self.device = loader, device
-
-    def __iter__(self) -> Any:
-        return (b.to(self.device, non_blocking=True) for b in self.loader)
-
-
-def _input_size(net: nn.Module, opts: DataOptions, record: CalibrationRecord | None) -> tuple[int, int]:
-    from eqsurgeon.images import model_input_size
-
-    if opts.input_size is not None:
-        return opts.input_size
-    if record is not None and record.input_size:
-        return (int(record.input_size[0]), int(record.input_size[1]))
-    return model_input_size(net) or (512, 512)
-
-
-def _normalization(
-    net: nn.Module, opts: DataOptions, record: CalibrationRecord | None
-) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    from eqsurgeon.images import model_normalization
-
-    declared = model_normalization(net)
-    if record is not None and record.image_mean and record.image_std:
-        declared = (tuple(record.image_mean), tuple(record.image_std))
-    mean = opts.mean or (declared[0] if declared else IMAGENET_MEAN)
-    std = opts.std or (declared[1] if declared else IMAGENET_STD)
-    return tuple(map(float, mean)), tuple(map(float, std))
-
-
-def _device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise OptionError("device", device, "is unknown; use auto, cpu, cuda or cuda:N")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise OptionError("device", device, "was asked for, but no CUDA device is available; use cpu")
-    return device
-
-
-def _require_batch_for_bn(net: nn.Module, batch_size: int, bn_mode: str) -> None:
-    from eqsurgeon.measure import resolve_bn_mode
-
-    if batch_size < 2 and resolve_bn_mode(net, bn_mode) == "batch":
-        raise OptionError(
-            "batch_size", batch_size, "is too small: BN on batch statistics needs 2 images per forward; "
-            "use 2 or more, or bn_mode=eval",
-        )  # fmt: skip
+    return Verified(result, record, input_size(net, opts, record), _skipped(loader))
 
 
 def _skipped(loader: Any) -> tuple[Skipped, ...]:
