@@ -144,6 +144,7 @@ def throughput(
     """
     plain = measuring = 0.0
     images = 0
+    pass_options = PassOptions(autocast_dtype=amp)
     with measuring_mode(model, "auto"), torch.no_grad():
         hooks = [MomentHooks(model, [site]) for site in sites]
         for i in range(repeats + 1):
@@ -152,7 +153,7 @@ def throughput(
                     t_plain = _timed(lambda b=b: _plain(model, b, amp), b)
                     with hook:
                         t_meas = _timed(
-                            lambda b=b, h=hook: measure_step(model, b, h, 0, PassOptions(autocast_dtype=amp)), b
+                            lambda b=b, h=hook: measure_step(model, b, h, 0, pass_options), b
                         )
                     if i > 0:  # the first round warms up allocators and cudnn autotuning
                         plain += t_plain
@@ -162,8 +163,8 @@ def throughput(
 
 
 def _folder_options(args: argparse.Namespace, mean: Norm, std: Norm) -> LoaderOptions:
-    size = (args.size, args.size)
-    return LoaderOptions(size, args.batch_size, mean, std, args.workers, pin_memory=args.device.startswith("cuda"))
+    pin = args.device.startswith("cuda")
+    return LoaderOptions((args.size, args.size), args.batch_size, mean, std, args.workers, pin_memory=pin)
 
 
 def _plain(model: nn.Module, b: torch.Tensor, amp: torch.dtype | None) -> None:

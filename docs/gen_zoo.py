@@ -57,7 +57,7 @@ def table_in(markdown: str) -> str:
     >>> table_in(f"a\\n{START}\\n| x |\\n{END}\\nb")
     '| x |\\n'
     """
-    head, sep, rest = markdown.partition(START + "\n")
+    _, sep, rest = markdown.partition(START + "\n")
     body, sep2, _ = rest.partition(END)
     if not sep or not sep2:
         raise ValueError(f"the markers {START} and {END} are missing; put them around the table")

@@ -1,11 +1,12 @@
 """eqsurgeon: find and repair scale disequilibrium at the feature-fusion sites of segmentation networks.
 
 The library calls (``analyze``, ``check``, ``calibrate``, ``verify``) and the stages they are made of
-are imported on first use, so ``import eqsurgeon`` (and ``eqsurgeon --help``) imports no torch.
+are imported on first use, so ``import eqsurgeon`` (and ``eqsurgeon --help``) imports no torch. The
+measuring stage is the subpackage ``eqsurgeon.measure`` (``from eqsurgeon.measure import measure``).
 
 >>> import eqsurgeon
->>> [n for n in eqsurgeon.__all__ if n in ('analyze', 'find_sites', 'measure', 'load')]
-['analyze', 'find_sites', 'load', 'measure']
+>>> [n for n in eqsurgeon.__all__ if n in ('analyze', 'find_sites', 'calibrate', 'load')]
+['analyze', 'calibrate', 'find_sites', 'load']
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ _EXPORTS = {
     "Upsample": "eqsurgeon.records",
     "Measurement": "eqsurgeon.measure",
     "MomentHooks": "eqsurgeon.measure",
-    "measure": "eqsurgeon.measure",
     "find_sites": "eqsurgeon.sites",
     "load": "eqsurgeon.io",
     "load_model": "eqsurgeon.loading",

@@ -34,6 +34,7 @@ from torch import nn
 
 from eqsurgeon.errors import CheckpointError, OutputExistsError, one_line
 from eqsurgeon.records import CalibrationRecord, InputRecord, SiteRecord
+from eqsurgeon.stats import finite
 
 METADATA_KEY = "eqsurgeon"
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
@@ -84,7 +85,7 @@ def check_output(path: Path | str, force: bool, suffixes: tuple[str, ...] = ()) 
     if path.is_dir():
         raise OutputExistsError(f"{path} is a folder; name a file inside it")
     if path.exists() and not force:
-        raise OutputExistsError(f"{path} already exists; choose another path or pass force=True to overwrite it")
+        raise OutputExistsError(f"{path} already exists; choose another path or pass force=True")
     if suffixes and path.suffix not in suffixes:
         raise OutputExistsError(f"{path} must end in {' or '.join(suffixes)}")
     if not os.access(path.parent, os.W_OK):
@@ -314,18 +315,3 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
 def _known(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
     names = set(cls.__dataclass_fields__)  # type: ignore[attr-defined]
     return {k: v for k, v in data.items() if k in names}
-
-
-def finite(data: Any) -> Any:
-    """``data`` with NaN/inf floats replaced by None, recursively: JSON has neither.
-
-    >>> finite({"a": [1.0, float("inf")]})
-    {'a': [1.0, None]}
-    """
-    if isinstance(data, float):
-        return data if data == data and abs(data) != float("inf") else None
-    if isinstance(data, Mapping):
-        return {k: finite(v) for k, v in data.items()}
-    if isinstance(data, (list, tuple)):
-        return [finite(v) for v in data]
-    return data

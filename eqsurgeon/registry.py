@@ -17,7 +17,8 @@ Instead of if-chains over types, everything the graph passes need to recognise i
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -169,3 +170,24 @@ def _import_zoo() -> None:
     for ep in entry_points(group="eqsurgeon.models"):
         if ep.value not in _MODEL_PACKAGES:
             ep.load()
+
+
+@contextmanager
+def scoped() -> Iterator[None]:
+    """Restore every registry (leaves, autowrap and upsample functions, models) on exit.
+
+    For tests and notebooks that register things for a while:
+
+    >>> from torch import nn
+    >>> with scoped():
+    ...     _ = register_leaf_module(nn.PixelShuffle)
+    >>> nn.PixelShuffle in _LEAF_MODULES
+    False
+    """
+    saved = (set(_LEAF_MODULES), set(_AUTOWRAP_FUNCTIONS), dict(_UPSAMPLE_FUNCTIONS), dict(_REGISTRY))
+    try:
+        yield
+    finally:
+        for live, old in zip((_LEAF_MODULES, _AUTOWRAP_FUNCTIONS, _UPSAMPLE_FUNCTIONS, _REGISTRY), saved):
+            live.clear()
+            live.update(old)  # type: ignore[attr-defined]

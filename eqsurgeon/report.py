@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from eqsurgeon.checking import CheckResult
-from eqsurgeon.io import finite, record_to_dict
+from eqsurgeon.io import record_to_dict
 from eqsurgeon.records import Analysis, CalibrationRecord, FusionSite, Subject
+from eqsurgeon.stats import finite
 from eqsurgeon.verification import Verification
 
 

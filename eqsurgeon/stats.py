@@ -7,7 +7,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 BN_RELU_MEAN = 1 / math.sqrt(2 * math.pi)  # mean of ReLU(N(0, 1))
 BN_RELU_VAR = (math.pi - 1) / (2 * math.pi)  # variance of ReLU(N(0, 1)): the reference scale
@@ -30,3 +31,18 @@ def var_ratio(variances: Sequence[float], scales: Sequence[float] | None = None)
     if not variances or not all(math.isfinite(v) for v in variances) or min(variances) <= 0:
         return math.inf
     return round(max(variances) / min(variances), 12)
+
+
+def finite(data: Any) -> Any:
+    """``data`` with NaN/inf floats replaced by None, recursively: JSON has neither.
+
+    >>> finite({"a": [1.0, float("inf")]})
+    {'a': [1.0, None]}
+    """
+    if isinstance(data, float):
+        return data if data == data and abs(data) != float("inf") else None
+    if isinstance(data, Mapping):
+        return {k: finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite(v) for v in data]
+    return data

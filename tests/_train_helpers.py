@@ -6,7 +6,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).parents[1]
 DEMO_RECIPE = ROOT / "train" / "recipes" / "demo.toml"
-TINY = f"{Path(__file__).parent / '_tiny_seg.py'}:tiny_seg"
+TINY = f"{Path(__file__).parents[1] / 'fixtures' / 'tiny_seg.py'}:tiny_seg"
 
 
 def quick(data: Path, out: Path, *extra: str, model: str = TINY) -> list[str]:

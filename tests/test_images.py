@@ -147,7 +147,7 @@ def test_empty_missing_and_corrupt_only_folders_raise_data_error(tmp_path: Path)
 def test_mean_std_default_to_imagenet_and_bad_ones_raise(folder: Path) -> None:
     loader, _ = image_loader(folder, LoaderOptions(size=(8, 8)))
     assert next(iter(loader)).shape[1] == 3
-    with pytest.raises(OptionError, match="std=.*positive"):
+    with pytest.raises(OptionError, match=r"std=.*positive"):
         LoaderOptions(std=(0.2, 0.0, 0.2))
 
 

@@ -67,7 +67,7 @@ def test_bytes_are_identical_across_processes(tmp_path: Path) -> None:
 def test_never_overwrites_without_force(tmp_path: Path) -> None:
     path = tmp_path / "a.safetensors"
     path.write_bytes(b"precious")
-    with pytest.raises(OutputExistsError, match="already exists.*force"):
+    with pytest.raises(OutputExistsError, match=r"already exists.*force"):
         save_checkpoint(path, {"w": torch.ones(1)}, _meta())
     assert path.read_bytes() == b"precious"
     save_checkpoint(path, {"w": torch.ones(1)}, _meta(), force=True)

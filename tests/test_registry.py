@@ -57,30 +57,32 @@ def test_forced_fx_names_the_failure_and_the_fix():
         capture(WithGate(), torch.randn(2, 3, 8, 8), "fx")
 
 
-def test_registered_leaf_module_makes_fx_succeed():
+def test_registered_leaf_module_makes_fx_succeed(scoped_registry):
     x = torch.randn(2, 3, 8, 8)
     assert capture(WithGate(), x).frontend == "export"
     registry.register_leaf_module(Gate)
-    try:
-        cap = capture(WithGate(), x)
-        assert cap.frontend == "fx"
-        (site,) = find_sites(WithGate(), x)
-        assert site.subjects[1].upsample == Upsample("bilinear", (2.0, 2.0), False)
-    finally:
-        registry._LEAF_MODULES.discard(Gate)
+    cap = capture(WithGate(), x)
+    assert cap.frontend == "fx"
+    (site,) = find_sites(WithGate(), x)
+    assert site.subjects[1].upsample == Upsample("bilinear", (2.0, 2.0), False)
 
 
-def test_registered_upsample_function_is_one_node_with_its_mode():
+def test_the_scoped_registry_undoes_registrations():
+    from eqsurgeon.registry import leaf_modules, scoped
+
+    with scoped():
+        registry.register_leaf_module(Gate)
+        assert Gate in leaf_modules()
+    assert Gate not in leaf_modules()
+
+
+def test_registered_upsample_function_is_one_node_with_its_mode(scoped_registry):
     x = torch.randn(2, 3, 8, 8)
     registry.register_upsample_function(my_upsample, default_mode="bilinear")
-    try:
-        cap = capture(WithCustomUpsample(), x, "fx")
-        assert any(n.target is my_upsample for n in cap.graph_module.graph.nodes)
-        (site,) = find_sites(WithCustomUpsample(), x, "fx")
-        assert site.subjects[1].upsample == Upsample("bicubic", (2.0, 2.0), False)
-    finally:
-        registry._UPSAMPLE_FUNCTIONS.pop(my_upsample)
-        registry._AUTOWRAP_FUNCTIONS.discard(my_upsample)
+    cap = capture(WithCustomUpsample(), x, "fx")
+    assert any(n.target is my_upsample for n in cap.graph_module.graph.nodes)
+    (site,) = find_sites(WithCustomUpsample(), x, "fx")
+    assert site.subjects[1].upsample == Upsample("bicubic", (2.0, 2.0), False)
 
 
 def test_timm_swin_blocks_are_known_leaves_so_fx_captures_swin():

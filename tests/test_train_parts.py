@@ -87,7 +87,8 @@ def test_checkpoints_keep_the_last_k_and_load_weights_only(tmp_path: Path) -> No
     opt.step()
     state = {"iter": 0, "optimizer": opt.state_dict(), "rng": [{"torch": torch.get_rng_state()}]}
     for it in (10, 20, 30):
-        save_checkpoint(tmp_path, it, model.state_dict(), {**state, "iter": it}, None, ModelConfig("m"), keep=2)
+        iteration_state = {**state, "iter": it}
+        save_checkpoint(tmp_path, it, model.state_dict(), iteration_state, None, ModelConfig("m"), keep=2)
     kept = list_checkpoints(tmp_path)
     assert [c.iteration for c in kept] == [20, 30]
     assert not list(tmp_path.glob(".*tmp"))  # no temp files left behind

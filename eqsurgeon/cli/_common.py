@@ -108,11 +108,27 @@ def in_flags(message: str) -> str:
 
 
 LIBRARY_OPTIONS = frozenset(
-    (
-        "allow_equalized", "batch_size", "batches", "bias_correction", "bn_mode", "data", "device", "force",
-        "frontend", "input_size", "max_images", "max_ratio", "mean", "min_batches", "mode", "seed", "std",
-        "tolerance", "workers",
-    )  # fmt: skip
+    {
+        "allow_equalized",
+        "batch_size",
+        "batches",
+        "bias_correction",
+        "bn_mode",
+        "data",
+        "device",
+        "force",
+        "frontend",
+        "input_size",
+        "max_images",
+        "max_ratio",
+        "mean",
+        "min_batches",
+        "mode",
+        "seed",
+        "std",
+        "tolerance",
+        "workers",
+    }
 )
 
 
@@ -223,7 +239,7 @@ def human(fmt: str) -> Console:
 
 def emit_json(data: Any) -> None:
     """Machine output: one JSON document on stdout (NaN/inf as null)."""
-    from eqsurgeon.io import finite
+    from eqsurgeon.stats import finite
 
     typer.echo(json.dumps(finite(data), indent=2))
 

@@ -68,7 +68,7 @@ def train(
     summary.add_row("final weights", str(result.weights))
     summary.add_row("final mIoU", _pct(result.metrics.miou if result.metrics else math.nan))
     summary.add_row("best mIoU", _pct(result.best_miou if result.best_miou is not None else math.nan))
-    applied = result.eq["mode"] if result.eq else "none"
+    applied = result.eq.mode if result.eq else "none"
     if result.eq and cfg.eq.mode == "none":
         applied += " (from --init)"
     summary.add_row("equalization", applied)

@@ -140,7 +140,8 @@ class StopRule:
         """Whether a pass that has these moments after ``images`` images stops now.
 
         >>> rule = StopRule(0.01, min_batches=2)
-        >>> rule.done((Moments(10, 0.0, 1.0, 30, 0.001),), 4), rule.done((Moments(10, 0.0, 1.0, 1, 0.001),), 4)
+        >>> many, one = Moments(10, 0.0, 1.0, 30, 0.001), Moments(10, 0.0, 1.0, 1, 0.001)
+        >>> rule.done((many,), 4), rule.done((one,), 4)
         (True, False)
         """
         enough = all(m.batches >= self.min_batches for m in moments) and worst_bound(moments) < self.tolerance

@@ -136,6 +136,7 @@ CHOICES = {
     "eval.mode": ("whole", "slide"),
     "eq.mode": ("none", "fold", "insert"),
     "eq.bn_mode": ("auto", "batch", "eval"),
+    "eq.bias_correction": ("auto", "on", "off"),
     "run.device": ("auto", "cpu", "cuda"),
     "run.amp": ("none", "bf16", "fp16"),
 }

@@ -1,32 +1,17 @@
 """The analyze and check commands: outputs, exit codes, and one-line errors for bad input."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
-from typer.testing import CliRunner
 
-from eqsurgeon.cli import app
+from tests.conftest import FIXTURE_FILE, assert_input_error, run_cli
 
-FIXTURE_FILE = Path(__file__).resolve().parents[1] / "fixtures" / "models.py"
-
-runner = CliRunner()
 FX = str(FIXTURE_FILE)
 
 
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_input_error(result, *needles):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr  # one line, no traceback
-    assert lines[0].startswith("error:")
-    for needle in needles:
-        assert needle in lines[0], lines[0]
+run = run_cli
 
 
 def test_analyze_writes_the_json_contract(tmp_path):

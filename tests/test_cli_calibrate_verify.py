@@ -7,15 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from eqsurgeon import io as ckpt
-from eqsurgeon.cli import app
 from eqsurgeon.io import load, read_checkpoint, save_checkpoint
 from fixtures.calibration import fuse_two, fuse_two_plain, make_images
+from tests.conftest import run_cli
 
 MODELS = Path(__file__).resolve().parents[1] / "fixtures" / "calibration.py"
-runner = CliRunner()
 
 
 def spec(name: str) -> str:
@@ -23,7 +21,7 @@ def spec(name: str) -> str:
 
 
 def run(*args: object) -> object:
-    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+    return run_cli(*args, catch_exceptions=False)
 
 
 def calib(model: str, data: Path, out: Path, *extra: object) -> object:
@@ -177,8 +175,15 @@ def test_already_equalized_checkpoint_is_refused(images: Path, tmp_path: Path) -
     assert res.exit_code == 2 and "already scale-equalized" in res.output and "second time" in res.output
     assert not (tmp_path / "second.safetensors").exists()
     assert "--allow-equalized" in res.stderr
-    forced = calib("fuse_two", images, tmp_path / "second.safetensors", "--checkpoint", first, "--allow-equalized")
+    second = tmp_path / "second.safetensors"
+    forced = calib("fuse_two", images, second, "--checkpoint", first, "--allow-equalized")
     assert forced.exit_code == 0
+    # the features are unchanged by folding, so equalizing on top divides the fusing weights by σ again
+    (a, ra), (b, rb) = read_checkpoint(first), read_checkpoint(second)
+    layer = ra.equalized_sites[0].layer
+    scale = torch.tensor([i.scale for i in rb.equalized_sites[0].inputs])
+    assert not torch.equal(a[f"{layer}.weight"], b[f"{layer}.weight"])
+    assert scale == pytest.approx(torch.tensor([i.scale for i in ra.equalized_sites[0].inputs]), rel=1e-3)
 
 
 def test_zero_variance_input(images: Path, tmp_path: Path) -> None:

@@ -7,13 +7,10 @@ import math
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from eqsurgeon.cli import app
 from eqsurgeon.training.compare import RunOutcome, summarize
 from tests._train_helpers import DEMO_RECIPE, quick
-
-runner = CliRunner()
+from tests.conftest import run_cli
 
 
 def _sets(items: list[str]) -> list[str]:
@@ -23,7 +20,7 @@ def _sets(items: list[str]) -> list[str]:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("compare") / "demo"
-    result = runner.invoke(app, ["demo-data", str(root), "--images", "6", "--size", "32"])
+    result = run_cli("demo-data", root, "--images", 6, "--size", 32)
     assert result.exit_code == 0, result.output
     return root
 
@@ -33,7 +30,7 @@ def test_compare_two_seeds_on_demo_data(data: Path, tmp_path: Path) -> None:
     sets = quick(data, out, "schedule.iters=4", "eval.interval=2", "eq.images=8", "eq.batch_size=4",
                  model="upernet_tiny")[1:]  # fmt: skip
     args = ["train", str(DEMO_RECIPE), "--compare", "--seeds", "2", "--out", str(out), *_sets(sets)]
-    result = runner.invoke(app, args)
+    result = run_cli(*args)
     assert result.exit_code == 0, result.output
     for needle in ("w/o EQ", "w/ EQ", "Diff", "fold", "insert", "±", "compare.json"):
         assert needle in result.output, needle
@@ -57,9 +54,9 @@ def test_compare_two_seeds_on_demo_data(data: Path, tmp_path: Path) -> None:
     png = (out / "miou_curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
-    again = runner.invoke(app, args)  # a finished comparison is not overwritten
+    again = run_cli(*args)  # a finished comparison is not overwritten
     assert again.exit_code == 2 and "--resume" in again.stderr
-    resumed = runner.invoke(app, [*args, "--resume"])  # reuses every finished run: no training
+    resumed = run_cli(*[*args, "--resume"])  # reuses every finished run: no training
     assert resumed.exit_code == 0 and "seed 0 →" not in resumed.output
     assert json.loads((out / "compare.json").read_text())["runs"] == doc["runs"]
 
@@ -99,9 +96,9 @@ def test_compare_under_torchrun_two_ranks(data: Path, tmp_path: Path) -> None:
 def test_train_notes_a_gpu_count_that_changes_the_total_batch(data: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     sets = quick(data, out, "schedule.iters=1", "eval.interval=0", "run.gpus=4", model="upernet_tiny")[1:]
-    result = runner.invoke(app, ["train", str(DEMO_RECIPE), *_sets(sets)])
+    result = run_cli(*["train", str(DEMO_RECIPE), *_sets(sets)])
     assert result.exit_code == 0, result.output
     assert "written for 4 GPUs (total batch 16)" in " ".join(result.output.split())
-    quiet = runner.invoke(app, ["train", str(DEMO_RECIPE), *_sets([*sets[:-1], f'run.out="{tmp_path / "b"}"',
+    quiet = run_cli(*["train", str(DEMO_RECIPE), *_sets([*sets[:-1], f'run.out="{tmp_path / "b"}"',
                                                                     "run.gpus=1"])])  # fmt: skip
     assert quiet.exit_code == 0 and "written for" not in quiet.output

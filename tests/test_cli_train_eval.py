@@ -6,28 +6,15 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from eqsurgeon.cli import app
 from tests._train_helpers import DEMO_RECIPE, quick
+from tests.conftest import assert_input_error, run_cli
 
-runner = CliRunner()
-
-
-def run(*args: object):
-    return runner.invoke(app, [str(a) for a in args])
+run = run_cli
 
 
 def _sets(items: list[str]) -> list[str]:
     return [a for item in items for a in ("--set", item)]
-
-
-def assert_input_error(result, *needles: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
