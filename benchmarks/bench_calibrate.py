@@ -33,7 +33,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eqsurgeon.calibration import CalibrationOptions, CalibrationResult, calibrate
-from eqsurgeon.images import IMAGENET_MEAN, IMAGENET_STD, LoaderOptions, image_loader, model_normalization
+from eqsurgeon.images import IMAGENET_MEAN, IMAGENET_STD, LoaderOptions, image_loader
+from eqsurgeon.inputs import model_normalization
 from eqsurgeon.loading import load_model
 from eqsurgeon.measure import MomentHooks, PassOptions, measure_step, measuring_mode
 from eqsurgeon.records import FusionSite

@@ -23,14 +23,15 @@ from eqsurgeon.errors import EqSurgeonError, check_choice, check_range
 from eqsurgeon.measure import MeasureState, PassOptions, StopRule, measure_until
 from eqsurgeon.records import (
     CalibrationRecord,
+    CalibrationResult,
     FusionSite,
     InputRecord,
     Moments,
+    Progress,
+    SiteCalibration,
     SiteRecord,
-    Status,
     Subject,
 )
-from eqsurgeon.stats import var_ratio
 
 MODES = ("fold", "insert")
 BIAS_CORRECTIONS = ("auto", "on", "off")
@@ -87,69 +88,6 @@ class RecordSource:
     image_mean: tuple[float, ...] | None = None
     image_std: tuple[float, ...] | None = None
     skipped_files: int = 0
-
-
-@dataclass(frozen=True)
-class Progress:
-    """One progress report (after each batch) for a progress bar."""
-
-    site: int  # index of the site being measured, 0-based
-    sites: int
-    layer: str
-    images: int
-    max_images: int | None
-    std_rel_se_bound: float  # worst 95% bound over the site's inputs: what is compared with the tolerance
-
-
-@dataclass(frozen=True)
-class SiteCalibration:
-    """One site after calibration: its moments, the scales applied (None when skipped) and why."""
-
-    site: FusionSite
-    moments: tuple[Moments, ...]
-    scales: tuple[float, ...] | None
-    status: Status
-    reason: str | None = None
-    images: int = 0
-    bias_corrected: bool = False
-    note: str | None = None
-
-    @property
-    def std_rel_se(self) -> float:
-        return max((m.std_rel_se for m in self.moments), default=math.inf)
-
-    @property
-    def std_rel_se_bound(self) -> float:
-        return max((m.std_rel_se_bound for m in self.moments), default=math.inf)
-
-    @property
-    def var_ratio_before(self) -> float | None:
-        return var_ratio([m.var for m in self.moments]) if self.moments else None
-
-    @property
-    def var_ratio_after(self) -> float | None:
-        return var_ratio([m.var for m in self.moments], self.scales) if self.scales else None
-
-
-@dataclass(frozen=True)
-class CalibrationResult:
-    """Every site's calibration, and how the measurement went."""
-
-    sites: tuple[SiteCalibration, ...]
-    mode: str
-    bn_mode: str
-    bias_correction: str
-    tolerance: float
-    converged: bool  # every equalized site reached the tolerance (else max_images/data ran out)
-
-    @property
-    def images(self) -> int:
-        """Images of the longest measuring pass (each site's pass re-reads from the first image)."""
-        return max((s.images for s in self.sites), default=0)
-
-    @property
-    def equalized(self) -> tuple[SiteCalibration, ...]:
-        return tuple(s for s in self.sites if s.status == "ok")
 
 
 def calibrate(

@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as tvf
@@ -50,7 +49,7 @@ class LoaderOptions:
     Attributes:
         size: (height, width) of every image tensor.
         batch_size: images per batch (a batch can be smaller when files fail to decode).
-        mean: per-channel mean, in [0, 1] units. See ``model_normalization``.
+        mean: per-channel mean, in [0, 1] units. See ``eqsurgeon.inputs.model_normalization``.
         std: per-channel std, in [0, 1] units.
         workers: loader worker processes (0 decodes in this process).
         max_images: keep only this many images.
@@ -177,31 +176,6 @@ def load_rgb(path: Path | str) -> Image.Image:
         return img.convert("RGB")
 
 
-def model_normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    """The mean/std a model declares for its input, or None when it declares none.
-
-    Looks at ``eqsurgeon_cfg`` (zoo models), then timm's ``pretrained_cfg``/``default_cfg``, on the model
-    first and then on its submodules in order (a zoo model's timm backbone carries timm's config).
-
-    >>> m = nn.Identity(); m.eqsurgeon_cfg = {"mean": (0.5,) * 3, "std": (0.25,) * 3}
-    >>> model_normalization(m)
-    ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-    """
-    cfg = _declared_cfg(model, ("mean", "std"))
-    return None if cfg is None else (tuple(map(float, cfg["mean"])), tuple(map(float, cfg["std"])))
-
-
-def model_input_size(model: nn.Module) -> tuple[int, int] | None:
-    """The (h, w) input size a model declares (``input_size`` as (C, H, W) or (H, W)), or None.
-
-    >>> m = nn.Identity(); m.eqsurgeon_cfg = {"input_size": (3, 512, 512)}
-    >>> model_input_size(m)
-    (512, 512)
-    """
-    cfg = _declared_cfg(model, ("input_size",))
-    return None if cfg is None else (int(cfg["input_size"][-2]), int(cfg["input_size"][-1]))
-
-
 class ImageDataset(Dataset):
     """Images as normalized float tensors [3, h, w]; a failed decode yields a ``(None, reason)`` sentinel."""
 
@@ -320,12 +294,3 @@ def _header_problem(path: Path) -> str | None:
         return None if width > 0 and height > 0 else "image has zero size"
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
-
-
-def _declared_cfg(model: nn.Module, keys: tuple[str, ...]) -> dict | None:
-    for module in model.modules():
-        for attr in ("eqsurgeon_cfg", "pretrained_cfg", "default_cfg"):
-            cfg = getattr(module, attr, None)
-            if isinstance(cfg, dict) and all(cfg.get(k) is not None for k in keys):
-                return cfg
-    return None

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from eqsurgeon.errors import OptionError
-from eqsurgeon.images import IMAGENET_MEAN, IMAGENET_STD, LoaderOptions, model_input_size, model_normalization
+from eqsurgeon.images import IMAGENET_MEAN, IMAGENET_STD, LoaderOptions
 from eqsurgeon.records import CalibrationRecord
 
 if TYPE_CHECKING:
@@ -118,3 +118,37 @@ def require_batch_for_bn(net: nn.Module, batch_size: int, bn_mode: str) -> None:
             "batch_size", batch_size, "is too small: BN on batch statistics needs 2 images per forward; "
             "use 2 or more, or bn_mode=eval",
         )  # fmt: skip
+
+
+def model_normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The mean/std a model declares for its input, or None when it declares none.
+
+    Looks at ``eqsurgeon_cfg`` (zoo models), then timm's ``pretrained_cfg``/``default_cfg``, on the model
+    first and then on its submodules in order (a zoo model's timm backbone carries timm's config).
+
+    >>> m = nn.Identity(); m.eqsurgeon_cfg = {"mean": (0.5,) * 3, "std": (0.25,) * 3}
+    >>> model_normalization(m)
+    ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    """
+    cfg = _declared_cfg(model, ("mean", "std"))
+    return None if cfg is None else (tuple(map(float, cfg["mean"])), tuple(map(float, cfg["std"])))
+
+
+def model_input_size(model: nn.Module) -> tuple[int, int] | None:
+    """The (h, w) input size a model declares (``input_size`` as (C, H, W) or (H, W)), or None.
+
+    >>> m = nn.Identity(); m.eqsurgeon_cfg = {"input_size": (3, 512, 512)}
+    >>> model_input_size(m)
+    (512, 512)
+    """
+    cfg = _declared_cfg(model, ("input_size",))
+    return None if cfg is None else (int(cfg["input_size"][-2]), int(cfg["input_size"][-1]))
+
+
+def _declared_cfg(model: nn.Module, keys: tuple[str, ...]) -> dict | None:
+    for module in model.modules():
+        for attr in ("eqsurgeon_cfg", "pretrained_cfg", "default_cfg"):
+            cfg = getattr(module, attr, None)
+            if isinstance(cfg, dict) and all(cfg.get(k) is not None for k in keys):
+                return cfg
+    return None

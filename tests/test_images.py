@@ -17,10 +17,9 @@ from eqsurgeon.images import (
     LoaderOptions,
     image_loader,
     load_rgb,
-    model_input_size,
-    model_normalization,
     scan_images,
 )
+from eqsurgeon.inputs import model_input_size, model_normalization
 
 
 def _rgb(seed: int, h: int = 20, w: int = 30) -> np.ndarray:

@@ -64,3 +64,13 @@ def test_defaults_follow_mmseg() -> None:
     assert cfg.data.ratio_range == (0.5, 2.0) and cfg.data.cat_max_ratio == 0.75
     assert cfg.loss.aux_weight == 0.4 and cfg.loss.average == "all"
     assert cfg.data.ignore_index == 255
+
+
+def test_calibration_options_are_checked_at_load_in_recipe_words() -> None:
+    # CalibrationOptions speaks its own words (tolerance=...); the recipe loader names eq.tolerance.
+    with pytest.raises(RecipeError, match=r"eq\.tolerance = 0\.0 is out of range") as bad:
+        load_config(None, ['eq.mode="fold"', "eq.tolerance=0"])
+    assert "--tolerance" not in str(bad.value) and "tolerance=" not in str(bad.value)
+    with pytest.raises(RecipeError, match=r"eq\.bias_correction = 'maybe'"):
+        load_config(None, ['eq.mode="fold"', 'eq.bias_correction="maybe"'])
+    assert load_config(None, ["eq.tolerance=0"]).eq.mode == "none"  # unused when nothing is equalized

@@ -183,7 +183,26 @@ def config_from_dict(raw: dict[str, Any], source: str = "recipe") -> TrainConfig
     unknown = sorted(set(raw) - set(sections))
     if unknown:
         raise RecipeError(f"{source}: unknown table [{unknown[0]}]; tables are {', '.join(_SECTIONS)}")
+    _check_eq(sections["eq"], source)
     return TrainConfig(**sections)
+
+
+def _check_eq(eq: EqConfig, source: str) -> None:
+    # The calibration library validates its own options; its errors name its parameters, so they are
+    # re-worded here as the recipe keys the user wrote (eq.tolerance = 0 ...), when the recipe loads.
+    if eq.mode == "none":
+        return
+    from eqsurgeon.calibration import CalibrationOptions
+    from eqsurgeon.errors import OptionError
+
+    try:
+        CalibrationOptions(
+            mode=eq.mode, bias_correction=eq.bias_correction, bn_mode=eq.bn_mode, tolerance=eq.tolerance,
+            max_images=eq.images,
+        )  # fmt: skip
+    except OptionError as exc:
+        name = "images" if exc.name == "max_images" else exc.name
+        raise RecipeError(f"{source}: {exc.render(f'eq.{name} = ')}") from None
 
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
