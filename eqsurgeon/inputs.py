@@ -8,19 +8,74 @@ device from the options, the record and what the model declares, in that order.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
-from eqsurgeon.errors import OptionError
+from eqsurgeon.errors import OptionError, check_range
 from eqsurgeon.images import IMAGENET_MEAN, IMAGENET_STD, LoaderOptions
 from eqsurgeon.records import CalibrationRecord
 
-if TYPE_CHECKING:
-    from eqsurgeon.api import Data, DataOptions, ModelLike
+MAX_SIDE = 16384  # a larger input side is a typo, and its activations would not fit in memory
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model as the commands name it: a spec, its factory's keyword arguments and a checkpoint.
+
+    >>> ModelRef("upernet_tiny", {"num_classes": 5}).spec
+    'upernet_tiny'
+    """
+
+    spec: str
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    checkpoint: Path | None = None
+
+
+ModelLike = nn.Module | ModelRef | str
+Data = Path | str | Iterable[torch.Tensor] | None
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """How batches are made, for every call.
+
+    Attributes:
+        input_size: (height, width); None: the size the model declares, else 512×512.
+        batch_size: images per forward.
+        batches: forwards to measure over (analyze, check); calibrate and verify read the whole folder.
+        max_images: read at most this many images of a folder.
+        workers: image decoding worker processes.
+        mean: per-channel input mean on the 0–1 scale; None: the model's declared mean, else ImageNet's.
+        std: likewise for the std.
+        seed: seeds model initialization, synthetic input and image sampling.
+        device: "auto" (cuda when available), "cpu", "cuda" or "cuda:N".
+    """
+
+    input_size: tuple[int, int] | None = None
+    batch_size: int = 8
+    batches: int = 1
+    max_images: int | None = None
+    workers: int = 2
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_range("batch_size", self.batch_size, 0)
+        check_range("batches", self.batches, 0)
+        check_range("workers", self.workers, -1)
+        if self.max_images is not None:
+            check_range("max_images", self.max_images, 0)
+        if self.input_size is not None and not (
+            len(self.input_size) == 2 and all(1 <= s <= MAX_SIDE for s in self.input_size)
+        ):
+            raise OptionError("input_size", self.input_size, f"needs two sides from 1 to {MAX_SIDE}")
 
 
 def synthetic_batches(
@@ -39,7 +94,6 @@ def materialize(model: ModelLike, opts: DataOptions) -> tuple[nn.Module, Calibra
     # (module on the device, its checkpoint's record, the name reports show)
     if isinstance(model, nn.Module):
         return model, None, type(model).__name__
-    from eqsurgeon.api import ModelRef
     from eqsurgeon.loading import load_model_with_record
 
     ref = ModelRef(model) if isinstance(model, str) else model
