@@ -18,7 +18,7 @@ from torch import nn
 
 from eqsurgeon.capture import capture
 from eqsurgeon.measure import measure
-from eqsurgeon.records import AddSite, FusionSite, Moments
+from eqsurgeon.records import AddSite, FusionSite, Moments, UnsearchedLeaf
 from eqsurgeon.sites import find
 
 BN_RELU_VAR = (math.pi - 1) / (2 * math.pi)  # variance of ReLU(N(0, 1)): the reference scale
@@ -35,7 +35,10 @@ class InputInfo:
 
 @dataclass(frozen=True)
 class Analysis:
-    """Sites of a model and the moments of every ok site's inputs."""
+    """Sites of a model and the moments of every ok site's inputs.
+
+    ``unsearched`` names the opaque leaves site finding could not look inside (a site there is unknown).
+    """
 
     model: str
     frontend: str
@@ -45,6 +48,7 @@ class Analysis:
     sites: tuple[FusionSite, ...]
     add_sites: tuple[AddSite, ...]
     moments: Mapping[str, tuple[Moments, ...]] = field(default_factory=dict)
+    unsearched: tuple[UnsearchedLeaf, ...] = ()
 
     def var_ratio(self, site: FusionSite, scales: Sequence[float] | None = None) -> float | None:
         """max/min input variance of a measured site; ``scales`` folded into the weights count as x·s."""
@@ -89,6 +93,7 @@ def analyze(
         findings.sites,
         findings.add_sites,
         measurement.moments,
+        findings.unsearched,
     )
 
 

@@ -29,6 +29,7 @@ def analysis_to_dict(analysis: Analysis) -> dict[str, Any]:
         "add_sites": [
             {"name": a.name, "inputs": [_subject_dict(s) for s in a.inputs]} for a in analysis.add_sites
         ],
+        "unsearched_leaves": [{"name": u.name, "reason": u.reason} for u in analysis.unsearched],
     }
 
 
@@ -78,6 +79,7 @@ def _site_dict(analysis: Analysis, site: FusionSite) -> dict[str, Any]:
         "groups": site.groups,
         "status": site.status,
         "reason": site.reason,
+        "channel_dim": site.channel_dim,
         "inputs": inputs,
         "var_ratio": _num(analysis.var_ratio(site)),
     }

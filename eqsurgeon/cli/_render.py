@@ -23,6 +23,12 @@ def print_capture(analysis: Analysis) -> None:
         f"{'batch statistics' if analysis.bn_mode == 'batch' else 'running statistics (eval)'}",
         highlight=False,
     )
+    for leaf in analysis.unsearched:
+        console.print(
+            f"[yellow]warning[/]: leaf module {escape(leaf.name)} could not be searched for sites "
+            f"({escape(leaf.reason)})",
+            highlight=False,
+        )
 
 
 def print_sites(analysis: Analysis) -> None:

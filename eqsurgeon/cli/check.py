@@ -22,6 +22,12 @@ def check_cmd(
         float, typer.Option("--max-ratio", help="largest effective var_ratio that passes", min=1.0)
     ] = DEFAULT_MAX_RATIO,
     fmt: Annotated[str, typer.Option("--format", help="text, json or junit (to stdout)")] = "text",
+    allow_unsearched: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unsearched", help="pass although a leaf module could not be searched for sites"
+        ),
+    ] = False,
     arg: c.ArgOpt = None,
     checkpoint: c.CheckpointOpt = None,
     frontend: c.FrontendOpt = "auto",
@@ -39,7 +45,7 @@ def check_cmd(
     analysis, metadata = c.measured_analysis(
         model, arg, checkpoint, data, input_size, batch_size, batches, seed, bn_mode, frontend, device
     )
-    result = check(analysis, max_ratio, metadata)
+    result = check(analysis, max_ratio, metadata, allow_unsearched)
     if fmt == "json":
         typer.echo(json.dumps(_as_dict(model, result), indent=2))
     elif fmt == "junit":
@@ -47,6 +53,8 @@ def check_cmd(
     else:
         print_capture(analysis)
         _print_text(result)
+        if analysis.unsearched and not allow_unsearched:
+            c.console.print("pass --allow-unsearched to accept leaf modules that could not be searched")
     raise typer.Exit(0 if result.passed else 1)
 
 
