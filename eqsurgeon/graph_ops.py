@@ -100,6 +100,8 @@ _FUSING_ATEN = {
 }
 _ADD_FUNCS = {operator.add, operator.iadd, torch.add}
 _ADD_ATEN = {aten.add, aten.add_}
+_STACK_FUNCS = {torch.stack}
+_SUM_FUNCS = {torch.sum}
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,26 @@ class OpView:
         if node.op == "call_method":
             return node.target in ("add", "add_")
         return node.op == "call_function" and (node.target in _ADD_FUNCS or _packet(node) in _ADD_ATEN)
+
+    def added(self, node: fx.Node) -> list[object] | None:
+        """The terms an add node sums: its two operands, or the tensors of ``stack(xs).sum(0)`` (a merge
+        by addition, as smp's FPN writes it); ``None`` for any other node."""
+        if self.is_add(node):
+            return list(node.args[:2])
+        if not _is_sum(node):
+            return None
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        stacked = node.args[0] if node.args else None
+        if dim not in (0, [0], (0,)) or not isinstance(stacked, fx.Node):
+            return None
+        if not (
+            stacked.op == "call_function"
+            and (stacked.target in _STACK_FUNCS or _packet(stacked) is aten.stack)
+        ):
+            return None
+        parts = stacked.args[0] if stacked.args else stacked.kwargs.get("tensors")
+        stack_dim = stacked.args[1] if len(stacked.args) > 1 else stacked.kwargs.get("dim", 0)
+        return list(parts) if stack_dim == 0 and isinstance(parts, (list, tuple)) else None
 
     def upsample(self, node: fx.Node) -> UpsampleCall | None:
         """Mode of an interpolation node, or ``None`` when the node is something else."""
@@ -250,6 +272,12 @@ class OpView:
         if leaf == "weight" and isinstance(mod, (nn.modules.conv._ConvNd, nn.Linear)):
             return owner
         return None
+
+
+def _is_sum(node: fx.Node) -> bool:
+    if node.op == "call_method":
+        return node.target == "sum"
+    return node.op == "call_function" and (node.target in _SUM_FUNCS or _packet(node) is aten.sum)
 
 
 def shape(node: fx.Node) -> tuple[int, ...] | None:

@@ -75,7 +75,7 @@ def find(captured: Captured, model: nn.Module) -> Findings:
     # Topological order of the fusing layers: an earlier site's fold can change a later site's inputs.
     order = {n: i for i, n in enumerate(graph.nodes)}
     sites = [site for _, site in sorted(found, key=lambda pair: order[pair[0]])]
-    adds = tuple(a for n in graph.nodes if view.is_add(n) and (a := _add_site(view, n)))
+    adds = tuple(a for n in graph.nodes if (a := _add_site(view, n)))
     return Findings(tuple(sites), adds, captured.unsearched)
 
 
@@ -196,8 +196,11 @@ def _factor(before: tuple[int, ...] | None, after: tuple[int, ...] | None) -> tu
 
 
 def _add_site(view: OpView, node: fx.Node) -> AddSite | None:
+    terms = view.added(node)
+    if terms is None:
+        return None
     inputs = []
-    for arg in node.args[:2]:
+    for arg in terms:
         if not isinstance(arg, fx.Node) or shape(arg) is None:
             return None
         source, up = _trace_back(view, arg)

@@ -15,6 +15,7 @@ from eqsurgeon import registry
 from eqsurgeon.analysis import analyze
 from eqsurgeon.capture import capture
 from eqsurgeon.checking import check
+from eqsurgeon.cli import app
 from eqsurgeon.records import Upsample
 from eqsurgeon.report import analysis_to_dict
 from eqsurgeon.sites import find
@@ -326,3 +327,60 @@ def test_searched_leaves_leave_the_model_unchanged():
         findings(model, "fx")
     assert set(vars(model.block)) == attrs  # the tracer stored no constants on the user's module
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+CLI_MODEL = """
+import torch
+from torch import nn
+
+import eqsurgeon
+
+
+class Boxed:
+    def __init__(self, t):
+        self.t = t
+
+
+@eqsurgeon.register_leaf_module
+class BoxedFuse(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fuse = nn.Conv2d(6, 3, 1)
+
+    def forward(self, x):
+        return Boxed(self.fuse(torch.cat([x, x.flip(-1)], 1)))
+
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.block = BoxedFuse()
+
+    def forward(self, x):
+        return self.block(x).t
+
+
+def model():
+    return Model()
+"""
+
+
+def test_check_cli_fails_on_an_unsearched_leaf_unless_allowed(tmp_path):
+    from typer.testing import CliRunner
+
+    spec = tmp_path / "boxed.py"
+    spec.write_text(CLI_MODEL)
+    runner = CliRunner()
+    try:
+        strict = runner.invoke(app, ["check", f"{spec}:model", "--input-size", "16x16"])
+        allowed = runner.invoke(
+            app, ["check", f"{spec}:model", "--input-size", "16x16", "--allow-unsearched"]
+        )
+    finally:
+        registry._LEAF_MODULES.difference_update(
+            {c for c in registry._LEAF_MODULES if c.__name__ == "BoxedFuse"}
+        )
+    assert strict.exit_code == 1, strict.output
+    assert "could not be searched" in strict.output and "--allow-unsearched" in strict.output
+    assert "FAIL block" in strict.output
+    assert allowed.exit_code == 0, allowed.output
