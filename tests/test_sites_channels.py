@@ -14,6 +14,7 @@ from torch import nn
 from eqsurgeon import find_sites
 from eqsurgeon.analysis import analyze
 from eqsurgeon.capture import capture
+from eqsurgeon.equalize import InputStat, fold_into, insert_equalizers
 from eqsurgeon.records import Upsample
 from eqsurgeon.report import analysis_to_dict
 from eqsurgeon.sites import find
@@ -166,3 +167,33 @@ def test_channel_dim_is_in_the_json_for_every_site():
     doc = analysis_to_dict(analyze(model, [torch.randn(2, 3, 16, 16)]))
     assert [s["channel_dim"] for s in doc["sites"]] == [-1]
     assert doc["unsearched_leaves"] == []
+
+
+class PaddedFuse(nn.Module):
+    """cat → explicit zero pad → 3×3 conv, or the conv's own zero padding when ``explicit`` is False."""
+
+    def __init__(self, explicit: bool) -> None:
+        super().__init__()
+        self.explicit = explicit
+        self.fuse = nn.Conv2d(4, 2, 3, padding=0 if explicit else 1)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([a, b], 1)
+        return self.fuse(F.pad(x, (1, 1, 1, 1)) if self.explicit else x)
+
+
+@pytest.mark.parametrize("explicit", [True, False])
+def test_bias_correction_with_explicit_padding_matches_insert(explicit):
+    # equalize.py's docstring: with explicit padding the equalizer sees the padded zeros, so fold with bias
+    # correction equals insert everywhere; with the conv's own padding they differ on the border only.
+    torch.manual_seed(0)
+    a, b = torch.randn(1, 2, 6, 6) + 0.5, 3 * torch.randn(1, 2, 6, 6) + 2.0
+    stats = [InputStat((0, 2), 0.5, 1.0), InputStat((2, 4), 2.0, 3.0)]
+    folded, inserted = PaddedFuse(explicit), PaddedFuse(explicit)
+    inserted.load_state_dict(folded.state_dict())
+    assert fold_into(folded, "fuse", "conv2d", stats, bias_correction=True).bias_corrected
+    insert_equalizers(inserted, "fuse", stats)
+    with torch.no_grad():
+        gap = (folded(a, b) - inserted(a, b)).abs()
+    assert gap[..., 1:-1, 1:-1].max() < 1e-5  # away from the border both are exact
+    assert (gap.max() < 1e-5) == explicit
