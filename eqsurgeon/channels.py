@@ -74,7 +74,12 @@ _PAD_ATEN = {
 
 
 def layout_op(node: fx.Node) -> str | None:
-    """The layout op a node runs (``"permute"``, ``"view"``...), or ``None``."""
+    """The layout op a node runs (``"permute"``, ``"view"``...), or ``None``.
+
+    >>> graph = fx.symbolic_trace(lambda x: x.permute(0, 2, 3, 1).relu()).graph
+    >>> [layout_op(n) for n in graph.nodes]
+    [None, 'permute', None, None]
+    """
     if node.op == "call_method":
         return str(node.target) if node.target in _LAYOUT_METHODS else None
     if node.op != "call_function":
@@ -89,6 +94,15 @@ def channel_dim_after(node: fx.Node, before: tuple[int, ...], after: tuple[int, 
     """Where dim ``dim`` of a layout node's input (shape ``before``) sits in its output (``after``).
 
     ``None`` when the node is no layout op, or splits or merges that dim.
+
+    >>> permute, flatten = (
+    ...     next(n for n in fx.symbolic_trace(f).graph.nodes if n.op == "call_method")
+    ...     for f in (lambda x: x.permute(0, 2, 3, 1), lambda x: x.flatten(2))
+    ... )
+    >>> channel_dim_after(permute, (2, 8, 4, 4), (2, 4, 4, 8), 1)
+    3
+    >>> channel_dim_after(flatten, (2, 8, 4, 4), (2, 8, 16), 1)
+    1
     """
     name = layout_op(node)
     if name is None:
@@ -103,6 +117,10 @@ def padded_dims(node: fx.Node, module: nn.Module | None) -> tuple[int, ...] | No
     """Dims a padding node pads by a nonzero amount (counted from the end: -1 is the last).
 
     ``None`` when the node is no padding, or its amounts are not known statically.
+
+    >>> graph = fx.symbolic_trace(lambda x: F.pad(x, (1, 1, 0, 0))).graph
+    >>> [padded_dims(n, None) for n in graph.nodes]
+    [None, (-1,), None]
     """
     if isinstance(module, _PAD_MODULES):
         amounts: object = module.padding

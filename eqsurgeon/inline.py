@@ -33,6 +33,13 @@ def inline_leaves(
 
     Returns:
         The flat graph, and the leaves that stay one call because they could not be searched.
+
+    >>> import torch
+    >>> from eqsurgeon.capture import capture
+    >>> cap = capture(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1)), torch.randn(1, 3, 8, 8))
+    >>> flat, unsearched = inline_leaves(cap.graph_module.graph, {})
+    >>> [n.op for n in flat.nodes], unsearched
+    (['placeholder', 'call_module', 'output'], ())
     """
     inliner = _Inliner()
     inliner.copy(graph, children)

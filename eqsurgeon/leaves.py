@@ -153,7 +153,7 @@ class _Search:
     ) -> tuple[LeafGraph, Any]:
         graph, value, children, paths = trace_leaf(self, leaf, args, kwargs, depth)
         placeholder = next(n.name for n in graph.nodes if n.op == "placeholder")
-        inputs = {placeholder: Slots(tuple(_keys(p) for p in paths))}
+        inputs = {placeholder: Slots(tuple(paths))}
         return LeafGraph(graph, "fx", _kind(leaf), inputs, children=children), value
 
 
@@ -188,7 +188,11 @@ def _kind(leaf: nn.Module) -> str:
 
 
 def one_line(exc: BaseException) -> str:
-    """An exception as one line: its type and the first line of its message."""
+    r"""An exception as one line: its type and the first line of its message.
+
+    >>> one_line(ValueError("bad size\nmore detail"))
+    'ValueError: bad size'
+    """
     text = str(exc).strip().splitlines()
     first = text[0] if text else ""
     return f"{type(exc).__name__}: {first}"[:300]

@@ -42,8 +42,19 @@ def trace_leaf(
 
     Returns:
         The graph (names relative to the leaf; one placeholder holding the tensor arguments as a tuple),
-        the leaf's fake output, the nested leaves' entries by node name, and the pytree paths of the
-        tensor arguments in ``(args, kwargs)``.
+        the leaf's fake output, the nested leaves' entries by node name, and where each tensor argument
+        sits in ``(args, kwargs)`` (``(0, 1)`` is ``args[1]``).
+
+    >>> from torch._subclasses.fake_tensor import FakeTensorMode
+    >>> class NoNestedLeaves:
+    ...     leaves = ()
+    ...     def opaque(self, module): return False
+    ...     def leaf(self, leaf, args, kwargs, depth): raise AssertionError
+    >>> block = nn.Sequential(nn.Conv2d(3, 4, 1))
+    >>> with FakeTensorMode(allow_non_fake_inputs=True):
+    ...     graph, out, _, where = trace_leaf(NoNestedLeaves(), block, (torch.empty(1, 3, 8, 8),), {}, 0)
+    >>> [n.target for n in graph.nodes if n.op == "call_module"], tuple(out.shape), where
+    (['0'], (1, 4, 8, 8), [(0, 0)])
     """
     flat_paths, spec = pytree.tree_flatten_with_path((args, kwargs))
     flat = [v for _, v in flat_paths]
@@ -54,7 +65,8 @@ def trace_leaf(
     output = next(n for n in reversed(graph.nodes) if n.op == "output")
     value = map_aggregate(output.args[0], lambda n: n.meta.get("val") if isinstance(n, fx.Node) else n)
     _relative_to(graph, _BOUND_NAME)
-    return graph, value, tracer.children, [tuple(flat_paths[i][0]) for i in slots]
+    where = [tuple(getattr(k, "idx", getattr(k, "key", k)) for k in flat_paths[i][0]) for i in slots]
+    return graph, value, tracer.children, where
 
 
 _BOUND_NAME = "leaf"
