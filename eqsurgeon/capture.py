@@ -69,7 +69,8 @@ def capture(model: nn.Module, example_input: torch.Tensor, frontend: str = "auto
     Args:
         model: any ``nn.Module`` taking one image batch.
         example_input: a batch of the size that will be analysed (shapes and upsample factors come from it).
-        frontend: ``"auto"`` (fx, then export when fx raises), ``"fx"`` or ``"export"``.
+        frontend: ``"auto"`` (fx; export when fx raises or leaves a leaf module unsearched, unless
+            export fails too), ``"fx"`` or ``"export"``.
 
     Raises:
         CaptureError: when the requested frontend(s) cannot capture the model.
@@ -81,21 +82,30 @@ def capture(model: nn.Module, example_input: torch.Tensor, frontend: str = "auto
     if frontend not in FRONTENDS:
         raise CaptureError(f"unknown frontend {frontend!r}; use one of {', '.join(FRONTENDS)}")
     fx_error = None
+    traced = None
     # Captured in eval mode so that tracing neither updates BN buffers nor draws dropout masks.
     with preserved_state(model), torch.no_grad(), _quiet():
         model.eval()
         if frontend in ("auto", "fx"):
             try:
-                return _symbolic_trace(model, example_input)
+                traced = _symbolic_trace(model, example_input)
             except Exception as exc:  # any tracing failure means: try the other frontend
                 fx_error = one_line(exc)
                 if frontend == "fx":
                     raise CaptureError(
                         f"torch.fx cannot trace the model ({fx_error}); try --frontend export"
                     ) from exc
+            if traced is not None and (frontend == "fx" or not traced.unsearched):
+                return traced
+            if traced is not None:
+                # Export's graph has no leaves: it may see inside the ones fx's could not search.
+                names = ", ".join(u.name for u in traced.unsearched)
+                fx_error = f"leaf module(s) {names} could not be searched under torch.fx"
         try:
             program = torch.export.export(model, (example_input,), strict=False)
         except Exception as exc:
+            if traced is not None:
+                return traced  # its unsearched leaves are reported
             tried = f"torch.fx: {fx_error}; " if fx_error else ""
             raise CaptureError(
                 f"cannot capture the model ({tried}torch.export: {one_line(exc)}); make forward traceable "

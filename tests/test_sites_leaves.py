@@ -306,8 +306,7 @@ class WithUnsearchable(nn.Module):
 
 def test_unsearchable_leaf_is_reported_and_fails_check_unless_allowed():
     with leaves(Unsearchable):
-        model = WithUnsearchable()
-        a = analyze(model, [torch.randn(2, 3, 16, 16)])
+        a = analyze(WithUnsearchable(), [torch.randn(2, 3, 16, 16)], frontend="fx")
     assert a.frontend == "fx" and a.sites == ()
     (leaf,) = a.unsearched
     assert leaf.name == "block"
@@ -317,6 +316,14 @@ def test_unsearchable_leaf_is_reported_and_fails_check_unless_allowed():
     assert [(v.layer, v.passed) for v in strict.verdicts] == [("block", False)]
     assert check(a, allow_unsearched=True).passed
     assert analysis_to_dict(a)["unsearched_leaves"] == [{"name": "block", "reason": leaf.reason}]
+
+
+def test_auto_turns_to_export_when_fx_leaves_a_leaf_unsearched():
+    with leaves(Unsearchable):
+        a = analyze(WithUnsearchable(), [torch.randn(2, 3, 16, 16)])
+    assert (a.frontend, a.unsearched) == ("export", ())
+    assert "block could not be searched under torch.fx" in str(a.fx_error)
+    assert [s.layer for s in a.sites] == ["block.fuse"]
 
 
 def test_searched_leaves_leave_the_model_unchanged():
@@ -372,10 +379,9 @@ def test_check_cli_fails_on_an_unsearched_leaf_unless_allowed(tmp_path):
     spec.write_text(CLI_MODEL)
     runner = CliRunner()
     try:
-        strict = runner.invoke(app, ["check", f"{spec}:model", "--input-size", "16x16"])
-        allowed = runner.invoke(
-            app, ["check", f"{spec}:model", "--input-size", "16x16", "--allow-unsearched"]
-        )
+        args = ["check", f"{spec}:model", "--input-size", "16x16", "--frontend", "fx"]
+        strict = runner.invoke(app, args)
+        allowed = runner.invoke(app, [*args, "--allow-unsearched"])
     finally:
         registry._LEAF_MODULES.difference_update(
             {c for c in registry._LEAF_MODULES if c.__name__ == "BoxedFuse"}
