@@ -73,9 +73,8 @@ class _Inliner:
                     self.flat.output(out)
                     return None
                 return pytree.tree_unflatten(list(out), leaf.out_spec) if leaf.out_spec is not None else out
-            elif _static_getitem(node, env):
-                item = env[node.args[0]][node.args[1]]
-                env[node] = item if item is not None else self._dead_end(node, leaf, prefix)
+            elif (picked := _picked(node, env)) is not _NOTHING:
+                env[node] = picked if picked is not None else self._dead_end(node, leaf, prefix)
             else:
                 env[node] = self._node(node, children.get(node.name), look, leaf, prefix)
         return None
@@ -135,12 +134,21 @@ def _at(call: tuple[Any, Any] | None, path: CallPath | None) -> Any:
     return value if isinstance(value, (fx.Node, tuple, list, dict)) else None
 
 
-def _static_getitem(node: fx.Node, env: Mapping[fx.Node, Any]) -> bool:
-    # getitem on an inlined leaf's tuple/dict result picks the node directly.
+_NOTHING = object()
+
+
+def _picked(node: fx.Node, env: Mapping[fx.Node, Any]) -> Any:
+    # getitem with a constant index on an inlined leaf's tuple/dict result is that element.
     if node.op != "call_function" or node.target is not operator.getitem:
-        return False
-    base = node.args[0]
-    return isinstance(base, fx.Node) and isinstance(env.get(base), (tuple, list, dict))
+        return _NOTHING
+    base, index = node.args[0], node.args[1]
+    held = env.get(base) if isinstance(base, fx.Node) else None
+    if not isinstance(held, (tuple, list, dict)) or isinstance(index, (fx.Node, slice)):
+        return _NOTHING
+    try:
+        return held[index]
+    except (IndexError, KeyError, TypeError):
+        return _NOTHING
 
 
 def _join(prefix: str, name: str) -> str:
