@@ -130,6 +130,7 @@ def analyze(
     analysis = Analysis(
         name, captured.frontend, captured.fx_error, measured.bn_mode,
         InputInfo(source, measured.images, size), findings.sites, findings.add_sites, measured.moments,
+        findings.unsearched,
     )  # fmt: skip
     return Analyzed(analysis, record, _skipped(loader))
 
@@ -140,16 +141,19 @@ def check(
     options: DataOptions | None = None,
     measure: MeasureOptions | None = None,
     max_ratio: float = DEFAULT_MAX_RATIO,
+    allow_unsearched: bool = False,
 ) -> Checked:
     """Analyze, then judge each site: it passes when its effective var_ratio ≤ ``max_ratio``.
 
-    Scales folded into the weights (read from the checkpoint's calibration record) count.
+    Scales folded into the weights (read from the checkpoint's calibration record) count. A leaf module
+    that could not be searched may hide a site: it fails unless ``allow_unsearched``.
     """
     from eqsurgeon.checking import check as verdicts
 
     check_range("max_ratio", max_ratio, 0.999999)
     done = analyze(model, data, options, measure)
-    return Checked(done.analysis, done.record, done.skipped, verdicts(done.analysis, max_ratio, done.record))
+    result = verdicts(done.analysis, max_ratio, done.record, allow_unsearched)
+    return Checked(done.analysis, done.record, done.skipped, result)
 
 
 def calibrate(

@@ -1,10 +1,12 @@
 """Capture a model's forward as a torch.fx graph: symbolic tracing first, torch.export as fallback.
 
 Both frontends give a ``torch.fx.GraphModule``; every node carries ``meta["val"]`` (a fake tensor with the
-shape) afterwards, so site finding reads shapes the same way for either.
+shape) afterwards, so site finding reads shapes the same way for either. Modules that symbolic tracing
+keeps as one call are traced on their own during the shape pass (:mod:`eqsurgeon.leaves`) and inlined
+into ``Captured.graph``, the graph site finding reads (:mod:`eqsurgeon.inline`).
 
-    model ──symbolic_trace──▶ GraphModule ──FakeTensorProp──▶ shapes in node.meta["val"]
-          └─(raises)─▶ torch.export.export(strict=False) ──▶ ExportedProgram.graph_module
+    model ──symbolic_trace──▶ GraphModule ──LeafSearch (fake shapes)──▶ graph with leaves inlined
+          └─(raises)─▶ torch.export.export(strict=False) ──▶ ExportedProgram.graph_module (no leaves)
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from torch import fx, nn
 
 from eqsurgeon import registry
 from eqsurgeon.errors import CaptureError
+from eqsurgeon.inline import inline_leaves
+from eqsurgeon.leaves import LeafSearch, one_line
+from eqsurgeon.records import UnsearchedLeaf
 from eqsurgeon.state import preserved_state
 
 FRONTENDS = ("auto", "fx", "export")
@@ -36,6 +41,8 @@ class Captured:
         fx_error: one line saying why symbolic tracing failed, when it was tried and failed.
         param_names: for ``export``, placeholder name → parameter FQN in the model; empty for ``fx``.
         program: for ``export``, the exported program (its graph takes parameters as inputs).
+        flat: for ``fx``, the graph with every searchable leaf call replaced by the leaf's nodes.
+        unsearched: leaves that neither frontend could trace on their inputs; they stay one call.
     """
 
     graph_module: fx.GraphModule
@@ -43,6 +50,13 @@ class Captured:
     fx_error: str | None = None
     param_names: Mapping[str, str] = field(default_factory=dict)
     program: torch.export.ExportedProgram | None = None
+    flat: fx.Graph | None = None
+    unsearched: tuple[UnsearchedLeaf, ...] = ()
+
+    @property
+    def graph(self) -> fx.Graph:
+        """The graph site finding reads: leaves inlined (fx), or the exported graph."""
+        return self.flat if self.flat is not None else self.graph_module.graph
 
     def as_module(self) -> nn.Module:
         """A callable module with the model's signature that runs the captured graph."""
@@ -55,7 +69,8 @@ def capture(model: nn.Module, example_input: torch.Tensor, frontend: str = "auto
     Args:
         model: any ``nn.Module`` taking one image batch.
         example_input: a batch of the size that will be analysed (shapes and upsample factors come from it).
-        frontend: ``"auto"`` (fx, then export when fx raises), ``"fx"`` or ``"export"``.
+        frontend: ``"auto"`` (fx; export when fx raises or leaves a leaf module unsearched, unless
+            export fails too), ``"fx"`` or ``"export"``.
 
     Raises:
         CaptureError: when the requested frontend(s) cannot capture the model.
@@ -67,24 +82,33 @@ def capture(model: nn.Module, example_input: torch.Tensor, frontend: str = "auto
     if frontend not in FRONTENDS:
         raise CaptureError(f"unknown frontend {frontend!r}; use one of {', '.join(FRONTENDS)}")
     fx_error = None
+    traced = None
     # Captured in eval mode so that tracing neither updates BN buffers nor draws dropout masks.
     with preserved_state(model), torch.no_grad(), _quiet():
         model.eval()
         if frontend in ("auto", "fx"):
             try:
-                return Captured(_symbolic_trace(model, example_input), "fx")
+                traced = _symbolic_trace(model, example_input)
             except Exception as exc:  # any tracing failure means: try the other frontend
-                fx_error = _one_line(exc)
+                fx_error = one_line(exc)
                 if frontend == "fx":
                     raise CaptureError(
                         f"torch.fx cannot trace the model ({fx_error}); try --frontend export"
                     ) from exc
+            if traced is not None and (frontend == "fx" or not traced.unsearched):
+                return traced
+            if traced is not None:
+                # Export's graph has no leaves: it may see inside the ones fx's could not search.
+                names = ", ".join(u.name for u in traced.unsearched)
+                fx_error = f"leaf module(s) {names} could not be searched under torch.fx"
         try:
             program = torch.export.export(model, (example_input,), strict=False)
         except Exception as exc:
+            if traced is not None:
+                return traced  # its unsearched leaves are reported
             tried = f"torch.fx: {fx_error}; " if fx_error else ""
             raise CaptureError(
-                f"cannot capture the model ({tried}torch.export: {_one_line(exc)}); make forward traceable "
+                f"cannot capture the model ({tried}torch.export: {one_line(exc)}); make forward traceable "
                 "or register untraceable submodules with eqsurgeon.register_leaf_module"
             ) from exc
     params = dict(program.graph_signature.inputs_to_parameters)
@@ -106,16 +130,18 @@ class _Tracer(fx.Tracer):
 _FUSING_TYPES: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd, nn.Linear)
 
 
-def _symbolic_trace(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
+def _symbolic_trace(model: nn.Module, example_input: torch.Tensor) -> Captured:
     from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
     graph = _Tracer().trace(model)
     gm = fx.GraphModule(model, graph, model.__class__.__name__)
-    # Shapes on fake tensors: no real compute, so analysis costs one real forward, not two.
+    # Shapes on fake tensors: no real compute, so analysis costs one real forward, not two. The same
+    # pass traces each opaque leaf on the fake inputs it receives.
     mode = FakeTensorMode(allow_non_fake_inputs=True)
-    FakeTensorProp(gm, mode).propagate(mode.from_tensor(example_input))
-    return gm
+    search = LeafSearch(gm, mode, _FUSING_TYPES)
+    search.propagate(mode.from_tensor(example_input))
+    flat, unsearched = inline_leaves(gm.graph, search.children)
+    return Captured(gm, "fx", flat=flat, unsearched=unsearched)
 
 
 @contextmanager
@@ -129,9 +155,3 @@ def _quiet() -> Iterator[None]:
             yield
     finally:
         logging.disable(logging.NOTSET)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    first = text[0] if text else ""
-    return f"{type(exc).__name__}: {first}"[:300]

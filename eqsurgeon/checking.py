@@ -35,11 +35,15 @@ class CheckResult:
 
 
 def check(
-    analysis: Analysis, max_ratio: float = DEFAULT_MAX_RATIO, record: CalibrationRecord | None = None
+    analysis: Analysis,
+    max_ratio: float = DEFAULT_MAX_RATIO,
+    record: CalibrationRecord | None = None,
+    allow_unsearched: bool = False,
 ) -> CheckResult:
     """Verdict per site: an equalizable site passes when its effective var_ratio ≤ ``max_ratio``.
 
-    Skipped sites cannot be equalized and never fail the check.
+    Skipped sites cannot be equalized and never fail the check. A leaf module that could not be searched
+    may hide a site, so it fails unless ``allow_unsearched``.
 
     >>> from eqsurgeon.records import InputInfo
     >>> empty = Analysis("m", "fx", None, "eval", InputInfo("synthetic", 1, (8, 8)), (), ())
@@ -59,6 +63,9 @@ def check(
         ok = ratio is not None and math.isfinite(ratio) and ratio <= max_ratio
         note = "equilibrium" if ok else f"var_ratio above {max_ratio:g}: run `eqsurgeon calibrate`"
         verdicts.append(SiteVerdict(site.layer, ratio, ok, scales is not None, note))
+    for leaf in analysis.unsearched:
+        note = f"leaf module not searched for sites, a site inside is unknown ({leaf.reason})"
+        verdicts.append(SiteVerdict(leaf.name, None, allow_unsearched, False, note))
     return CheckResult(tuple(verdicts), max_ratio)
 
 

@@ -11,8 +11,12 @@ layer so it computes, on the raw concat, what it used to compute on the equalize
 Scaling weight slices by 1/σ_i is exact. The bias correction is exact wherever the kernel sees only real
 pixels; at a zero-padded border a k×k kernel (k > 1) sees padded zeros, which the equalizer would
 have turned into −μ_i/σ_i, so the folded and inserted outputs differ in a (k−1)/2-pixel frame
-(reflect/replicate/circular padding have no such frame). A strided ConvTranspose sums a different
-subset of taps at each output phase, so its bias correction is not applied.
+(reflect/replicate/circular padding have no such frame). Explicit padding between the concat and the
+layer (TF-style ``F.pad``, ``nn.ZeroPad2d``, which site finding passes through) is the other way round:
+the inserted equalizer sees the padded zeros and makes them −μ_i/σ_i, and the folded bias subtracts
+W'_i μ_i at every tap, padded or not, so fold and insert agree everywhere; both differ from "equalize,
+then pad with zeros" on the padded frame. A strided ConvTranspose sums a different subset of taps at
+each output phase, so its bias correction is not applied.
 
 Layouts (``op`` as in ``FusionSite.op``): Conv weight [out, in/groups, *k], input channel c in group
 c // (in/groups) at index c % (in/groups); ConvTranspose weight [in, out/groups, *k], input channel on

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from eqsurgeon import registry
+from eqsurgeon.channels import channel_dim_after, layout_op, padded_dims
 
 aten = torch.ops.aten
 
@@ -78,22 +79,6 @@ _TRANSPARENT_ATEN = {
     aten.type_as,
 }
 
-# Ops that only rearrange values (layout): they keep a feature's distribution, so walking back from a
-# concat may pass them; walking forward may not, because they move the channel dim.
-_LAYOUT_METHODS = {"permute", "transpose", "reshape", "view", "flatten", "movedim", "squeeze", "unsqueeze"}
-_LAYOUT_FUNCS = {torch.permute, torch.transpose, torch.reshape, torch.flatten, torch.movedim}
-_LAYOUT_ATEN = {
-    aten.permute,
-    aten.transpose,
-    aten.reshape,
-    aten.view,
-    aten._unsafe_view,
-    aten.flatten,
-    aten.movedim,
-    aten.squeeze,
-    aten.unsqueeze,
-}
-
 _FUSING_FUNCS: dict[object, str] = {
     F.conv1d: "conv1d",
     F.conv2d: "conv2d",
@@ -115,6 +100,8 @@ _FUSING_ATEN = {
 }
 _ADD_FUNCS = {operator.add, operator.iadd, torch.add}
 _ADD_ATEN = {aten.add, aten.add_}
+_STACK_FUNCS = {torch.stack}
+_SUM_FUNCS = {torch.sum}
 
 
 @dataclass(frozen=True)
@@ -160,6 +147,26 @@ class OpView:
             return node.target in ("add", "add_")
         return node.op == "call_function" and (node.target in _ADD_FUNCS or _packet(node) in _ADD_ATEN)
 
+    def added(self, node: fx.Node) -> list[object] | None:
+        """The terms an add node sums: its two operands, or the tensors of ``stack(xs).sum(0)`` (a merge
+        by addition, as smp's FPN writes it); ``None`` for any other node."""
+        if self.is_add(node):
+            return list(node.args[:2])
+        if not _is_sum(node):
+            return None
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        stacked = node.args[0] if node.args else None
+        if dim not in (0, [0], (0,)) or not isinstance(stacked, fx.Node):
+            return None
+        if not (
+            stacked.op == "call_function"
+            and (stacked.target in _STACK_FUNCS or _packet(stacked) is aten.stack)
+        ):
+            return None
+        parts = stacked.args[0] if stacked.args else stacked.kwargs.get("tensors")
+        stack_dim = stacked.args[1] if len(stacked.args) > 1 else stacked.kwargs.get("dim", 0)
+        return list(parts) if stack_dim == 0 and isinstance(parts, (list, tuple)) else None
+
     def upsample(self, node: fx.Node) -> UpsampleCall | None:
         """Mode of an interpolation node, or ``None`` when the node is something else."""
         mod = self.module(node)
@@ -196,9 +203,21 @@ class OpView:
         return _packet(node) is aten.native_dropout
 
     def is_layout(self, node: fx.Node) -> bool:
-        if node.op == "call_method":
-            return node.target in _LAYOUT_METHODS
-        return node.op == "call_function" and (node.target in _LAYOUT_FUNCS or _packet(node) in _LAYOUT_ATEN)
+        return layout_op(node) is not None
+
+    def padded_dims(self, node: fx.Node) -> tuple[int, ...] | None:
+        """Dims a padding node pads by a nonzero amount (-1 is the last), or ``None`` when the node
+        is no padding or its amounts are not known statically."""
+        return padded_dims(node, self.module(node))
+
+    def channel_dim_after(self, node: fx.Node, dim: int) -> int | None:
+        """Where dim ``dim`` of a layout node's input sits in its output, or ``None`` when the node
+        splits or merges it (or is not a layout op)."""
+        before = shape(node.args[0]) if node.args and isinstance(node.args[0], fx.Node) else None
+        after = shape(node)
+        if before is None or after is None:
+            return None
+        return channel_dim_after(node, before, after, dim)
 
     def fusing(self, node: fx.Node) -> Fusing | None:
         """The conv/linear a node runs, with its module name when it is a module call."""
@@ -218,9 +237,12 @@ class OpView:
         return Fusing(op, None)
 
     def weight_key(self, node: fx.Node) -> str | None:
-        """What identifies one fusing module across nodes: module name (fx) or weight placeholder."""
+        """What identifies one fusing module across nodes: its module name, else the weight node."""
         if node.op == "call_module":
             return str(node.target)
+        owner = self._weight_owner(node)
+        if owner is not None:
+            return owner
         weight = node.args[1] if len(node.args) > 1 else None
         return weight.name if isinstance(weight, fx.Node) else None
 
@@ -229,21 +251,33 @@ class OpView:
         if node.op == "call_module":
             return str(node.target)
         stack = node.meta.get("nn_module_stack") or {}
-        path = _clean_path(list(stack.values())[-1][0]) if stack else ""
+        path = clean_path(list(stack.values())[-1][0]) if stack else ""
         if not path:
             return node.name
         return f"{path}:{node.name}" if with_node else path
 
     def _weight_owner(self, node: fx.Node) -> str | None:
         weight = node.args[1] if len(node.args) > 1 else None
-        if not isinstance(weight, fx.Node) or weight.op != "placeholder":
+        if not isinstance(weight, fx.Node):
             return None
-        fqn = self.param_names.get(weight.name, "")
+        # Export passes parameters as placeholders; a leaf inlined from export reads them by full name.
+        if weight.op == "placeholder":
+            fqn = self.param_names.get(weight.name, "")
+        elif weight.op == "get_attr":
+            fqn = str(weight.target)
+        else:
+            return None
         owner, _, leaf = fqn.rpartition(".")
         mod = self.modules.get(owner)
         if leaf == "weight" and isinstance(mod, (nn.modules.conv._ConvNd, nn.Linear)):
             return owner
         return None
+
+
+def _is_sum(node: fx.Node) -> bool:
+    if node.op == "call_method":
+        return node.target == "sum"
+    return node.op == "call_function" and (node.target in _SUM_FUNCS or _packet(node) is aten.sum)
 
 
 def shape(node: fx.Node) -> tuple[int, ...] | None:
@@ -276,9 +310,13 @@ def _module_op(mod: nn.Module) -> str:
     return f"{kind}{len(mod.kernel_size)}d"
 
 
-def _clean_path(path: str) -> str:
-    # Non-strict export may spell paths as "L['self'].a.b" or "a.b.0"; keep the plain FQN.
-    for prefix in ("L['self'].", "L['self']"):
+def clean_path(path: str) -> str:
+    """A module path as ``nn_module_stack`` records it, spelled as a plain qualified name.
+
+    >>> clean_path("L['self'].decode_head._modules['0']")
+    'decode_head.0'
+    """
+    for prefix in ("L['self'].", "L['self']", "L__self__"):
         if path.startswith(prefix):
             path = path[len(prefix) :]
     return path.replace("._modules['", ".").replace("']", "")

@@ -66,10 +66,28 @@ class FusionSite:
 
 @dataclass(frozen=True)
 class AddSite:
-    """An upsample → add fusion (FPN top-down, LR-ASPP): reported, never changed."""
+    """An upsample → add fusion (an FPN top-down path): reported, never changed.
+
+    An add counts when an interpolation lies on one of its inputs' way in through scale-preserving ops
+    only. A conv between the upsample and the add (torchvision's LR-ASPP classifies the upsampled branch
+    before adding) makes it an add of two layers' outputs, which is not reported.
+    """
 
     name: str
     inputs: tuple[Subject, ...]
+
+
+@dataclass(frozen=True)
+class UnsearchedLeaf:
+    """A module that capture keeps opaque and that could not be searched for sites.
+
+    Attributes:
+        name: qualified module name in the model.
+        reason: why neither frontend could trace it on the inputs it receives.
+    """
+
+    name: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -263,6 +281,7 @@ class Analysis:
     sites: tuple[FusionSite, ...]
     add_sites: tuple[AddSite, ...]
     moments: Mapping[str, tuple[Moments, ...]] = field(default_factory=dict)
+    unsearched: tuple[UnsearchedLeaf, ...] = ()  # opaque leaves site finding could not look inside
 
     def var_ratio(self, site: FusionSite, scales: tuple[float, ...] | None = None) -> float | None:
         """max/min input variance of a measured site; ``scales`` folded into weights count as x·s."""

@@ -2,8 +2,9 @@
 
 Instead of if-chains over types, everything the graph passes need to recognise is registered here:
 
-* leaf modules: symbolic tracing does not step into them (timm's own no-trace modules are added
-  automatically when timm is installed);
+* leaf modules: symbolic tracing keeps them as one call (timm's own no-trace modules are added
+  automatically when timm is installed); capture then traces each one on its own inputs, so site
+  finding still sees inside;
 * autowrap functions: recorded as one call instead of being traced through;
 * upsample functions: a registered callable (for example an autowrapped ``resize`` wrapper) counts as
   an interpolation whose mode is read from its keyword arguments;
@@ -69,8 +70,9 @@ def upsample_functions() -> dict[Callable[..., object], str]:
     return dict(_UPSAMPLE_FUNCTIONS)
 
 
-# Library blocks that symbolic tracing cannot enter and that hold no fusion site, named so that their
-# libraries stay optional. Swin's block builds its shifted-window mask by item assignment on a tensor.
+# Library blocks that symbolic tracing cannot enter, named so that their libraries stay optional. Swin's
+# block builds its shifted-window mask by item assignment on a tensor. Capture still searches inside
+# every leaf (eqsurgeon.leaves), so a leaf hides nothing from site finding.
 _KNOWN_LEAVES = ("timm.models.swin_transformer.SwinTransformerBlock",)
 
 

@@ -34,6 +34,7 @@ def analysis_to_dict(analysis: Analysis) -> dict[str, Any]:
         "add_sites": [
             {"name": a.name, "inputs": [_subject_dict(s) for s in a.inputs]} for a in analysis.add_sites
         ],
+        "unsearched_leaves": [{"name": u.name, "reason": u.reason} for u in analysis.unsearched],
     }
 
 

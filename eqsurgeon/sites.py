@@ -1,10 +1,17 @@
 """Find fusion sites: channel concats whose result reaches a conv/linear through scale-preserving ops.
 
-Pure analysis over a captured graph; never mutates the model.
+Pure analysis over a captured graph (opaque leaves inlined by capture); never mutates the model.
 
     up(P2) ─┐                                         subjects: P1 [0:C1)        ratio 1
     P1 ─────┼─▶ cat(dim=1) ─▶ dropout ─▶ conv  ==▶    up(P2) [C1:C1+C2)  bilinear ×2
     up(P3) ─┘                                         up(P3) [...]       bilinear ×4
+
+Between the concat and the layer, scale-preserving ops pass (dropout, identity, copies, casts), and so do
+ops that keep every channel whole while the channel dim is followed: spatial padding, reshapes that keep
+the channel dim, permutes that move it. A Linear fuses the channels on its last dim (``channel_dim=-1``).
+
+    cat(dim=1) ─▶ pad(H, W) ─▶ conv              cat(dim=1) ─▶ flatten(2) ─▶ transpose(1, 2) ─▶ linear
+    channel dim: 1 ─────────▶ 1                  channel dim: 1 ───────▶ 1 ────────────▶ 2 = last
 """
 
 from __future__ import annotations
@@ -17,15 +24,19 @@ from torch import fx, nn
 
 from eqsurgeon.capture import Captured, capture
 from eqsurgeon.graph_ops import Fusing, OpView, shape
-from eqsurgeon.records import AddSite, FusionSite, Subject, Upsample
+from eqsurgeon.records import AddSite, FusionSite, Subject, UnsearchedLeaf, Upsample
 
 
 @dataclass(frozen=True)
 class Findings:
-    """Everything site finding reports for one graph, in topological order."""
+    """Everything site finding reports for one graph, in topological order.
+
+    ``unsearched`` lists the opaque leaves that could not be traced: a site inside one is unknown.
+    """
 
     sites: tuple[FusionSite, ...]
     add_sites: tuple[AddSite, ...]
+    unsearched: tuple[UnsearchedLeaf, ...] = ()
 
 
 def find_sites(model: nn.Module, example_input: torch.Tensor, frontend: str = "auto") -> list[FusionSite]:
@@ -55,7 +66,7 @@ def find_sites(model: nn.Module, example_input: torch.Tensor, frontend: str = "a
 def find(captured: Captured, model: nn.Module) -> Findings:
     """Find fusion and add sites in an already captured graph of ``model``."""
     view = OpView(model, captured.frontend, captured.param_names)
-    graph = captured.graph_module.graph
+    graph = captured.graph
     calls = Counter(key for n in graph.nodes if view.fusing(n) and (key := view.weight_key(n)))
     found: list[tuple[fx.Node, FusionSite]] = []
     for node in graph.nodes:
@@ -64,25 +75,25 @@ def find(captured: Captured, model: nn.Module) -> Findings:
     # Topological order of the fusing layers: an earlier site's fold can change a later site's inputs.
     order = {n: i for i, n in enumerate(graph.nodes)}
     sites = [site for _, site in sorted(found, key=lambda pair: order[pair[0]])]
-    adds = tuple(a for n in graph.nodes if view.is_add(n) and (a := _add_site(view, n)))
-    return Findings(tuple(sites), adds)
+    adds = tuple(a for n in graph.nodes if (a := _add_site(view, n)))
+    return Findings(tuple(sites), adds, captured.unsearched)
 
 
 def _sites_of_cat(view: OpView, cat: fx.Node, calls: Counter[str]) -> list[tuple[fx.Node, FusionSite]]:
     out_shape = shape(cat)
     if out_shape is None:
         return []
-    ndim = len(out_shape)
-    dim = view.cat_parts(cat)[1] % ndim
+    dim = view.cat_parts(cat)[1] % len(out_shape)
     found = []
-    for consumer in _consumers(view, cat):
+    for consumer, at in _consumers(view, cat, dim):
         fusing = view.fusing(consumer)
         assert fusing is not None
+        in_shape = shape(consumer.args[0]) or ()
         if fusing.op == "linear":
-            if dim != ndim - 1:
+            if at != len(in_shape) - 1:
                 continue
             channel_dim = -1
-        elif dim != 1:
+        elif at != 1:
             continue
         else:
             channel_dim = 1
@@ -115,20 +126,33 @@ def _make_site(
     return replace(site, status="skipped", reason=reason)
 
 
-def _consumers(view: OpView, node: fx.Node) -> list[fx.Node]:
-    """Conv/linear nodes that take ``node`` as input through scale-preserving ops only."""
-    found, stack = [], [node]
+def _consumers(view: OpView, node: fx.Node, dim: int) -> list[tuple[fx.Node, int]]:
+    """Conv/linear nodes that take ``node`` as input through ops that keep every channel whole, each with
+    the dim that holds ``node``'s dim ``dim`` at the layer's input."""
+    found, stack, seen = [], [(node, dim)], set()
     while stack:
-        cur = stack.pop()
+        cur, at = stack.pop()
         for user in cur.users:
             first = user.args[0] if user.args else None
-            if first is not cur:
+            if first is not cur or (user, at) in seen:
                 continue
+            seen.add((user, at))
             if view.fusing(user):
-                found.append(user)
+                found.append((user, at))
             elif view.is_transparent(user):
-                stack.append(user)
+                stack.append((user, at))
+            elif (nxt := _channels_kept(view, user, at)) is not None:
+                stack.append((user, nxt))
     return found
+
+
+def _channels_kept(view: OpView, node: fx.Node, at: int) -> int | None:
+    """The channel dim after a padding or layout node that keeps channel dim ``at`` whole, else None."""
+    padded = view.padded_dims(node)
+    if padded is not None:
+        ndim = len(shape(node) or ())
+        return at if ndim and all(d % ndim != at for d in padded) else None
+    return view.channel_dim_after(node, at)
 
 
 def _subjects(view: OpView, cat: fx.Node, dim: int, offset: int, outer: Upsample | None) -> list[Subject]:
@@ -158,7 +182,7 @@ def _trace_back(view: OpView, node: fx.Node) -> tuple[fx.Node, Upsample | None]:
             factor = _factor(shape(src), shape(node))
             up = Upsample(call.mode, factor, call.align_corners)
             node = src
-        elif view.is_transparent(node) or view.is_layout(node):
+        elif view.is_transparent(node) or view.is_layout(node) or view.padded_dims(node) is not None:
             node = node.args[0]
         else:
             break
@@ -172,8 +196,11 @@ def _factor(before: tuple[int, ...] | None, after: tuple[int, ...] | None) -> tu
 
 
 def _add_site(view: OpView, node: fx.Node) -> AddSite | None:
+    terms = view.added(node)
+    if terms is None:
+        return None
     inputs = []
-    for arg in node.args[:2]:
+    for arg in terms:
         if not isinstance(arg, fx.Node) or shape(arg) is None:
             return None
         source, up = _trace_back(view, arg)

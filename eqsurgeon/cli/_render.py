@@ -77,6 +77,11 @@ def print_capture(out: Console, analysis: Analysis) -> None:
         f"{analysis.input.size[0]}x{analysis.input.size[1]}, BN on {bn}",
         markup=False,
     )
+    for leaf in analysis.unsearched:
+        out.print(
+            f"warning: leaf module {leaf.name} could not be searched for sites ({leaf.reason})",
+            markup=False, style="yellow",
+        )  # fmt: skip
 
 
 def print_analysis(out: Console, analysis: Analysis) -> None:

@@ -26,6 +26,9 @@ def check_cmd(
     fmt: Annotated[
         Literal["text", "json", "junit"], typer.Option("--format", help="text, or json/junit to stdout")
     ] = "text",
+    allow_unsearched: Annotated[
+        bool, typer.Option("--allow-unsearched", help="pass although a leaf module could not be searched")
+    ] = False,
     arg: c.ArgOpt = None,
     checkpoint: c.CheckpointOpt = None,
     frontend: c.FrontendOpt = "auto",
@@ -42,9 +45,8 @@ def check_cmd(
     from eqsurgeon.report import check_to_dict
 
     opts = data_options(input_size, batch_size, seed, device, batches=batches)
-    done = api.check(
-        c.model_ref(model, arg, checkpoint), data, opts, measure_options(bn_mode, frontend), max_ratio
-    )
+    how = measure_options(bn_mode, frontend)
+    done = api.check(c.model_ref(model, arg, checkpoint), data, opts, how, max_ratio, allow_unsearched)
     assert done.result is not None
     out = c.human(fmt)
     print_skipped(c.err_console, done.skipped)
@@ -55,6 +57,8 @@ def check_cmd(
     else:
         print_capture(out, done.analysis)
         _print_text(out, done.result)
+        if done.analysis.unsearched and not allow_unsearched:
+            out.print("pass --allow-unsearched to accept leaves that could not be searched", markup=False)
     raise typer.Exit(0 if done.result.passed else c.EXIT_FAILED)
 
 
