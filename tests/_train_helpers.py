@@ -29,6 +29,11 @@ def quick(data: Path, out: Path, *extra: str, model: str = TINY) -> list[str]:
     ]
 
 
+def as_sets(items: list[str]) -> list[str]:
+    """``--set`` flags for recipe overrides: ``["a.b=1"]`` → ``["--set", "a.b=1"]``."""
+    return [a for item in items for a in ("--set", item)]
+
+
 def truncated_copy(run: Path, dest: Path, after: int) -> Path:
     """Copy a run folder as it stood when the run died after iteration ``after``."""
     import shutil

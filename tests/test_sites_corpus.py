@@ -9,9 +9,10 @@ import warnings
 import pytest
 import torch
 
-from eqsurgeon.api import analyze, synthetic_batches
+from eqsurgeon.api import analyze
 from eqsurgeon.capture import capture
 from eqsurgeon.checking import DEFAULT_MAX_RATIO, check
+from eqsurgeon.inputs import synthetic_batches
 from eqsurgeon.records import AddSite, FusionSite
 from eqsurgeon.sites import Findings, find
 from tests._corpus import CORPUS, Add, Entry, Site

@@ -9,27 +9,20 @@ from pathlib import Path
 import pytest
 
 from eqsurgeon.training.compare import RunOutcome, summarize
-from tests._train_helpers import DEMO_RECIPE, quick
+from tests._train_helpers import DEMO_RECIPE, as_sets, quick
 from tests.conftest import run_cli
 
 
-def _sets(items: list[str]) -> list[str]:
-    return [a for item in items for a in ("--set", item)]
-
-
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("compare") / "demo"
-    result = run_cli("demo-data", root, "--images", 6, "--size", 32)
-    assert result.exit_code == 0, result.output
-    return root
+def data(demo_data) -> Path:
+    return demo_data(images=6, size=32)
 
 
 def test_compare_two_seeds_on_demo_data(data: Path, tmp_path: Path) -> None:
     out = tmp_path / "cmp"
     sets = quick(data, out, "schedule.iters=4", "eval.interval=2", "eq.images=8", "eq.batch_size=4",
                  model="upernet_tiny")[1:]  # fmt: skip
-    args = ["train", str(DEMO_RECIPE), "--compare", "--seeds", "2", "--out", str(out), *_sets(sets)]
+    args = ["train", str(DEMO_RECIPE), "--compare", "--seeds", "2", "--out", str(out), *as_sets(sets)]
     result = run_cli(*args)
     assert result.exit_code == 0, result.output
     for needle in ("w/o EQ", "w/ EQ", "Diff", "fold", "insert", "±", "compare.json"):
@@ -84,7 +77,7 @@ def test_compare_under_torchrun_two_ranks(data: Path, tmp_path: Path) -> None:
                  model="upernet_tiny")[1:]  # fmt: skip
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "eqsurgeon", "train", str(DEMO_RECIPE), "--compare", "--seeds", "1", "--out", str(out),
-           *_sets(sets)]  # fmt: skip
+           *as_sets(sets)]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, start_new_session=True)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -96,9 +89,9 @@ def test_compare_under_torchrun_two_ranks(data: Path, tmp_path: Path) -> None:
 def test_train_notes_a_gpu_count_that_changes_the_total_batch(data: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     sets = quick(data, out, "schedule.iters=1", "eval.interval=0", "run.gpus=4", model="upernet_tiny")[1:]
-    result = run_cli(*["train", str(DEMO_RECIPE), *_sets(sets)])
+    result = run_cli(*["train", str(DEMO_RECIPE), *as_sets(sets)])
     assert result.exit_code == 0, result.output
     assert "written for 4 GPUs (total batch 16)" in " ".join(result.output.split())
-    quiet = run_cli(*["train", str(DEMO_RECIPE), *_sets([*sets[:-1], f'run.out="{tmp_path / "b"}"',
+    quiet = run_cli(*["train", str(DEMO_RECIPE), *as_sets([*sets[:-1], f'run.out="{tmp_path / "b"}"',
                                                                     "run.gpus=1"])])  # fmt: skip
     assert quiet.exit_code == 0 and "written for" not in quiet.output

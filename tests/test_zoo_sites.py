@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from eqsurgeon.api import analyze, synthetic_batches
+from eqsurgeon.api import analyze
+from eqsurgeon.inputs import synthetic_batches
 from eqsurgeon.records import FusionSite
 from eqsurgeon.sites import find_sites
 from eqsurgeon.zoo import create_model

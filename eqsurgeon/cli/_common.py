@@ -246,14 +246,8 @@ def emit_json(data: Any) -> None:
 
 def check_outputs(*paths: Path | None, force: bool = False) -> None:
     """Refuse missing folders, folders, unwritable places and existing outputs before any work."""
-    from eqsurgeon.errors import OutputExistsError
+    from eqsurgeon.io import check_output
 
     for path in paths:
-        if path is None:
-            continue
-        if not path.parent.is_dir():
-            raise OutputExistsError(f"folder {path.parent} for {path.name} does not exist; create it first")
-        if path.is_dir():
-            raise OutputExistsError(f"{path} is a folder; name a file inside it")
-        if path.exists() and not force:
-            raise OutputExistsError(f"{path} already exists; choose another path or pass --force")
+        if path is not None:
+            check_output(path, force)
