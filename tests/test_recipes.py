@@ -16,6 +16,7 @@ from eqsurgeon.training.evaluate import to_input
 from eqsurgeon.training.losses import segmentation_loss
 from eqsurgeon.training.model import build_model
 from eqsurgeon.training.optim import build_optimizer, build_scheduler
+from eqsurgeon.training.transforms import PadCollate
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "train" / "recipes"
@@ -169,11 +170,12 @@ def test_recipe_builds_and_trains_two_iterations(name: str) -> None:
     # fp16 autocast is a GPU feature; on CPU the ConvNeXt recipes run their (same) fp32 graph
     train_set, _ = make_datasets(cfg)
     before = [p.detach().clone() for p in model.decode_head.parameters()]
+    collate = PadCollate(cfg.data.crop_size, cfg.data.ignore_index)
     for step in range(2):
-        images, masks = zip(*(train_set[(0, 2 * step + i)] for i in range(2)), strict=True)
-        x = to_input(torch.stack(images), cfg.data)
+        batch = collate([train_set[(0, 2 * step + i)] for i in range(2)])
+        x = to_input(batch.images, cfg.data, sizes=batch.sizes)
         loss = segmentation_loss(
-            model(x), torch.stack(masks).long(), cfg.data.ignore_index, cfg.loss.aux_weight, cfg.loss.average
+            model(x), batch.masks.long(), cfg.data.ignore_index, cfg.loss.aux_weight, cfg.loss.average
         )
         assert torch.isfinite(loss)
         loss.backward()
@@ -181,8 +183,8 @@ def test_recipe_builds_and_trains_two_iterations(name: str) -> None:
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
     assert any(not torch.equal(a, b) for a, b in zip(before, model.decode_head.parameters(), strict=True))
-    if cfg.schedule.warmup_iters:  # still warming up: lr = lr * (1e-6 + (1 - 1e-6) * 2 / 1500)
-        expected = cfg.optim.lr * (1e-6 + (1 - 1e-6) * 2 / 1500)
+    if cfg.schedule.warmup_iters:  # still warming up (mmengine's LinearLR spans end - begin - 1 = 1499 steps)
+        expected = cfg.optim.lr * (1e-6 + (1 - 1e-6) * 2 / 1499)
     else:  # poly 0.9 from lr to min_lr over the (full-length) schedule: 2 of 2 iterations done
         expected = cfg.schedule.min_lr
     assert optimizer.param_groups[0]["lr"] == pytest.approx(expected, rel=1e-6)
