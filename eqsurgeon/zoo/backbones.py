@@ -9,9 +9,8 @@ Where MMSegmentation normalizes every output stage (Swin's ``norm{i}``, mmpretra
 ``norm{i}``, Twins-SVT with ``norm_after_stage=True``), ``out_norm`` adds the same LayerNorms here; timm's
 feature extractors return the raw stage outputs.
 
-Any input size works. Where mmseg's patch embeddings pad their input bottom/right with zeros up to a multiple
-of the patch size (``AdaptivePadding(padding='corner')`` in Swin's and Twins' ``PatchEmbed``), timm's either
-assert (Swin) or floor (Twins); :func:`pad_patch_embeddings` makes them pad as mmseg does.
+Any input size works, and gives mmseg's result: where timm's Swin and Twins compute otherwise at sizes that
+are not whole patches or windows, :mod:`eqsurgeon.zoo.mmseg_compat` patches them to mmseg's semantics.
 
 >>> import torch
 >>> bb = TimmBackbone("test_convnext", out_norm="layernorm2d")
@@ -26,13 +25,11 @@ from pathlib import Path
 
 import timm
 import torch
-import torch.nn.functional as F
 from timm.layers import LayerNorm2d
-from timm.layers import PatchEmbed as TimmPatchEmbed
-from timm.models.twins import PatchEmbed as TwinsPatchEmbed
 from torch import nn
 
 from eqsurgeon.errors import ModelLoadError
+from eqsurgeon.zoo.mmseg_compat import chain_stage_norms, make_mmseg_compatible
 
 
 class TimmBackbone(nn.Module):
@@ -45,6 +42,8 @@ class TimmBackbone(nn.Module):
         weights: local timm-format state dict to load instead; overrides ``pretrained``.
         out_norm: None, ``"layernorm"`` (NHWC LayerNorm, eps 1e-5, as Swin/Twins in mmseg) or
             ``"layernorm2d"`` (channels-first, eps 1e-6, as mmpretrain's ConvNeXt) on every output.
+        norm_between_stages: the next stage also sees the normalized output (mmseg's Twins SVT with
+            ``norm_after_stage=True``); needs ``out_norm``.
         **timm_kwargs: passed to ``timm.create_model`` (``drop_path_rate``, ``output_stride``...).
 
     Attributes:
@@ -59,10 +58,11 @@ class TimmBackbone(nn.Module):
         pretrained: bool = False,
         weights: str | Path | None = None,
         out_norm: str | None = None,
+        norm_between_stages: bool = False,
         **timm_kwargs: object,
     ) -> None:
         super().__init__()
-        self.body = pad_patch_embeddings(_create(name, tuple(out_indices), pretrained, weights, timm_kwargs))
+        self.body = make_mmseg_compatible(_create(name, tuple(out_indices), pretrained, weights, timm_kwargs))
         self.channels: list[int] = list(self.body.feature_info.channels())
         self.reductions: list[int] = list(self.body.feature_info.reduction())
         # Decided once here, never per forward, so the traced graph has no shape-dependent branches.
@@ -75,6 +75,9 @@ class TimmBackbone(nn.Module):
         else:
             assert out_norm is None, f"unknown out_norm {out_norm!r}"
         self.out_norm = out_norm
+        if norm_between_stages:
+            assert self.out_norms is not None, "norm_between_stages needs out_norm"
+            chain_stage_norms(self.body, list(self.out_norms))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats = self.body(x)
@@ -90,37 +93,6 @@ class TimmBackbone(nn.Module):
                 f = f.permute(0, 3, 1, 2).contiguous()
             outs.append(f)
         return outs
-
-
-def pad_patch_embeddings(body: nn.Module) -> nn.Module:
-    """Make every patch embedding in ``body`` pad its input up to the patch size, as mmseg's do.
-
-    mmseg's ``PatchEmbed`` pads bottom/right with zeros (``AdaptivePadding``, ``padding='corner'``) before
-    its k = stride convolution, so a 375×500 image gives ⌈375/4⌉ × ⌈500/4⌉ tokens. timm's generic
-    ``PatchEmbed`` does the same with ``dynamic_img_pad`` (Swin builds it without, and asserts); Twins' own
-    ``PatchEmbed`` floors, which drops the last rows at every stage. Weights and state-dict keys are
-    unchanged; the change is in place and ``body`` is returned.
-
-    >>> import timm
-    >>> body = pad_patch_embeddings(timm.create_model("twins_svt_small", features_only=True))
-    >>> [tuple(f.shape[-2:]) for f in body(torch.randn(1, 3, 67, 93))]
-    [(17, 24), (9, 12), (5, 6), (3, 3)]
-    """
-    for module in body.modules():
-        if isinstance(module, TimmPatchEmbed) and not module.strict_img_size:
-            module.dynamic_img_pad = True
-        elif type(module) is TwinsPatchEmbed:
-            module.__class__ = CornerPaddedTwinsPatchEmbed
-    return body
-
-
-class CornerPaddedTwinsPatchEmbed(TwinsPatchEmbed):
-    """timm's Twins ``PatchEmbed`` that pads bottom/right to whole patches first (mmseg's Twins does)."""
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        ph, pw = self.patch_size
-        x = F.pad(x, (0, (pw - x.shape[-1] % pw) % pw, 0, (ph - x.shape[-2] % ph) % ph))
-        return super().forward(x)
 
 
 def _create(
