@@ -1,9 +1,9 @@
 """MMSegmentation as a test oracle: import it without compiled ops, and build models from its own configs.
 
-Installed by ``make test-parity`` (the ``parity`` extra: mmsegmentation 1.2.2, mmengine 0.10.7, mmcv-lite 2.1.0,
-mmpretrain 1.2.0). mmcv-lite has no ``mmcv.ops``; mmseg imports a few of them at module level (point_sample,
-sigmoid_focal_loss) for heads and losses that nothing here builds, so a stand-in module answers those
-imports with functions that raise if ever called.
+Installed by ``make test-parity`` (the ``parity`` extra: mmsegmentation 1.2.2, mmengine 0.10.7,
+mmcv-lite 2.1.0, mmpretrain 1.2.0). mmcv-lite has no ``mmcv.ops``; mmseg imports a few of them at module
+level (point_sample, sigmoid_focal_loss) for heads and losses that nothing here builds, so a stand-in
+module answers those imports with functions that raise if ever called.
 """
 
 from __future__ import annotations

@@ -6,22 +6,19 @@ Each function names the mmcv/mmseg code it reproduces, and ``tests/test_parity_m
 that code on injected draws. Images are uint8 RGB ``[3, H, W]`` (mmseg works in BGR; every step here is
 channel-order blind), masks uint8 ``[H, W]`` or ``[1, H, W]``.
 
-    keep-ratio size ─ random_resize_size ─ crop_box ─ (flip) ─ photometric_distortion ─▶ dataset item
+    keep-ratio size ─ random_resize_size ─ random_crop_box ─ (flip) ─ photometric_distortion ─▶ dataset item
     items ─ pad_batch (uint8, mask with ignore) ─ normalize (then 0 where padded) ─▶ model input
 
-One documented deviation remains (docs/parity.md): the HSV steps of the photometric distortion run in
-float32, where mmcv goes through OpenCV's 8-bit HSV (H in 180 steps, S and V in 256).
+The remaining deviations are listed in docs/parity.md: bilinear resizing (cv2's fixed point, here torch's
+float: at most one level) and the pixels OpenCV's HSV→RGB rounds instead of truncating (one level).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-
-# torchvision's own HSV conversion (float images in [0, 1]).
-from torchvision.transforms.v2.functional._color import _hsv_to_rgb, _rgb_to_hsv
 
 
 def rescale_size(height: int, width: int, scale: tuple[float, float]) -> tuple[int, int]:
@@ -49,18 +46,34 @@ def random_resize_size(height: int, width: int, scale: tuple[int, int], ratio: f
     return rescale_size(height, width, target)
 
 
-def crop_box(
-    height: int, width: int, crop: tuple[int, int], offset_draws: tuple[int, int]
+def random_crop_box(
+    mask: torch.Tensor | None,
+    crop: tuple[int, int],
+    cat_max_ratio: float,
+    ignore_index: int,
+    draw_offsets: Callable[[int, int], tuple[int, int]],
 ) -> tuple[int, int, int, int]:
-    """(top, left, crop height, crop width) of mmseg's ``RandomCrop`` for drawn offsets.
+    """(top, left, height, width) of mmseg's ``RandomCrop`` on a mask of size (h, w), for given draws.
 
-    ``offset_draws`` are the two integers mmseg draws, uniform in [0, max(h - crop_h, 0)] and
-    [0, max(w - crop_w, 0)]; a crop larger than the image is clipped to it.
+    ``draw_offsets(max_top, max_left)`` returns one uniform draw from [0, max_top] × [0, max_left] (mmseg:
+    two ``np.random.randint``). While one class covers ``cat_max_ratio`` or more of the crop's counted
+    pixels (or it holds a single class), the crop is re-drawn, at most 10 times.
 
-    >>> crop_box(300, 700, (512, 512), (0, 17))
-    (0, 17, 300, 512)
+    >>> draws = iter([(0, 0), (0, 2)])
+    >>> mask = torch.tensor([[0, 0, 1, 2]])
+    >>> random_crop_box(mask, (1, 2), 0.75, 255, lambda h, w: next(draws))
+    (0, 2, 1, 2)
     """
-    return offset_draws[0], offset_draws[1], min(crop[0], height), min(crop[1], width)
+    assert mask is not None or cat_max_ratio >= 1.0, "the class test needs the mask"
+    h, w = (mask.shape[-2], mask.shape[-1]) if mask is not None else (crop[0], crop[1])
+    ch, cw = min(crop[0], h), min(crop[1], w)
+    top, left = draw_offsets(max(h - crop[0], 0), max(w - crop[1], 0))
+    if mask is not None and cat_max_ratio < 1.0:
+        for _ in range(10):
+            if not dominated(mask[..., top : top + ch, left : left + cw], cat_max_ratio, ignore_index):
+                break
+            top, left = draw_offsets(max(h - crop[0], 0), max(w - crop[1], 0))
+    return top, left, ch, cw
 
 
 def dominated(labels: torch.Tensor, cat_max_ratio: float, ignore_index: int) -> bool:
@@ -97,11 +110,11 @@ class PhotometricDraws:
 
 
 def photometric_distortion(image: torch.Tensor, draws: PhotometricDraws) -> torch.Tensor:
-    """mmseg ``PhotoMetricDistortion`` on a uint8 image for given draws; returns uint8.
+    """mmseg ``PhotoMetricDistortion`` on a uint8 RGB image [3, H, W] for given draws; returns uint8.
 
-    Every step ends in uint8 as in mmseg: brightness, contrast and saturation compute in float and truncate
-    (``np.clip(...).astype(np.uint8)``), and each HSV step converts back to RGB rounding to nearest, as
-    OpenCV does. The HSV conversion itself is float32 (see the module docstring).
+    Every step ends in uint8 as in mmseg: brightness, contrast and saturation compute in float32 and
+    truncate (``np.clip(...).astype(np.uint8)``); the saturation and hue steps each go through 8-bit HSV
+    and back (:func:`rgb_to_hsv_u8`, :func:`hsv_to_rgb_u8`, OpenCV's arithmetic).
 
     >>> img = torch.tensor([[[100]], [[150]], [[200]]], dtype=torch.uint8)
     >>> photometric_distortion(img, PhotometricDraws(brightness=10.7)).flatten().tolist()
@@ -113,13 +126,12 @@ def photometric_distortion(image: torch.Tensor, draws: PhotometricDraws) -> torc
     if draws.contrast_first and draws.contrast is not None:
         img = _affine_u8(img, draws.contrast, 0.0)
     if draws.saturation is not None:
-        hsv = _rgb_to_hsv(img.float() / 255.0)
-        s = _affine_u8(hsv[..., 1:2, :, :] * 255.0, draws.saturation, 0.0)
-        img = _hsv_to_rgb_u8(torch.cat([hsv[..., :1, :, :], s.float() / 255.0, hsv[..., 2:, :, :]], -3))
+        h, s, v = rgb_to_hsv_u8(img).unbind(-3)
+        img = hsv_to_rgb_u8(torch.stack([h, _affine_u8(s, draws.saturation, 0.0), v], -3))
     if draws.hue is not None:
-        hsv = _rgb_to_hsv(img.float() / 255.0)
-        hue = (hsv[..., :1, :, :] + draws.hue / 180.0).remainder(1.0)
-        img = _hsv_to_rgb_u8(torch.cat([hue, hsv[..., 1:, :, :]], -3))
+        h, s, v = rgb_to_hsv_u8(img).unbind(-3)
+        h = ((h.to(torch.int64) + draws.hue) % 180).to(torch.uint8)
+        img = hsv_to_rgb_u8(torch.stack([h, s, v], -3))
     if not draws.contrast_first and draws.contrast is not None:
         img = _affine_u8(img, draws.contrast, 0.0)
     return img
@@ -130,8 +142,53 @@ def _affine_u8(img: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
     return (img.float() * alpha + beta).clamp_(0, 255).to(torch.uint8)
 
 
-def _hsv_to_rgb_u8(hsv: torch.Tensor) -> torch.Tensor:
-    return (_hsv_to_rgb(hsv) * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+# OpenCV's RGB2HSV_b tables: 12-bit fixed-point reciprocals, rounded to nearest.
+_HSV_SHIFT = 12
+_SDIV = [0] + [round((255 << _HSV_SHIFT) / i) for i in range(1, 256)]
+_HDIV = [0] + [round((180 << _HSV_SHIFT) / (6 * i)) for i in range(1, 256)]
+
+
+def rgb_to_hsv_u8(image: torch.Tensor) -> torch.Tensor:
+    """uint8 RGB [..., 3, H, W] → uint8 HSV with H in [0, 180), exactly as OpenCV's ``COLOR_RGB2HSV``.
+
+    Integer arithmetic with OpenCV's fixed-point tables; equal to ``cv2.cvtColor`` on all 2²⁴ colours.
+
+    >>> rgb_to_hsv_u8(torch.tensor([[[255]], [[128]], [[0]]], dtype=torch.uint8)).flatten().tolist()
+    [15, 255, 255]
+    """
+    r, g, b = image.to(torch.int64).unbind(-3)
+    v = torch.maximum(torch.maximum(r, g), b)
+    diff = v - torch.minimum(torch.minimum(r, g), b)
+    half = 1 << (_HSV_SHIFT - 1)
+    s = (diff * torch.tensor(_SDIV, device=image.device)[v] + half) >> _HSV_SHIFT
+    h = torch.where(v == r, g - b, torch.where(v == g, b - r + 2 * diff, r - g + 4 * diff))
+    h = (h * torch.tensor(_HDIV, device=image.device)[diff] + half) >> _HSV_SHIFT
+    h = torch.where(h < 0, h + 180, h)
+    return torch.stack([h, s, v], -3).to(torch.uint8)
+
+
+def hsv_to_rgb_u8(hsv: torch.Tensor) -> torch.Tensor:
+    """uint8 HSV (H in [0, 180)) [..., 3, H, W] → uint8 RGB, as OpenCV's vectorized ``COLOR_HSV2RGB``.
+
+    float32 arithmetic, truncated to uint8 as OpenCV's SIMD loop does. OpenCV rounds instead in the
+    scalar loop that handles what is left of a row after its vector chunks (how much depends on the CPU's
+    vector width and on threading): those pixels can differ by one level (docs/parity.md).
+
+    >>> hsv_to_rgb_u8(torch.tensor([[[15]], [[255]], [[255]]], dtype=torch.uint8)).flatten().tolist()
+    [255, 127, 0]
+    """
+    h, s, v = hsv.float().unbind(-3)
+    s, v = s * (1.0 / 255.0), v * (1.0 / 255.0)
+    h = h * (6.0 / 180.0)
+    sector = torch.trunc(h)
+    h = h - sector
+    tab0, tab1 = v, v * (1.0 - s)
+    tab2, tab3 = v * (1.0 - s * h), v * (1.0 - s * (1.0 - h))
+    b = torch.where(sector < 2, tab1, torch.where(sector == 2, tab3, torch.where(sector <= 4, tab0, tab2)))
+    g = torch.where(sector < 1, tab3, torch.where(sector <= 2, tab0, torch.where(sector == 3, tab2, tab1)))
+    r = torch.where(sector < 1, tab0, torch.where(sector == 1, tab2, torch.where(sector <= 3, tab1,
+                    torch.where(sector == 4, tab3, tab0))))  # fmt: skip
+    return (torch.stack([r, g, b], -3) * 255.0).trunc_().clamp_(0, 255).to(torch.uint8)
 
 
 @dataclass(frozen=True)

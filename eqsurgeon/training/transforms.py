@@ -25,10 +25,9 @@ from torchvision.transforms.v2 import functional as F
 from eqsurgeon.training.augment import (
     PaddedBatch,
     PhotometricDraws,
-    crop_box,
-    dominated,
     pad_batch,
     photometric_distortion,
+    random_crop_box,
     random_resize_size,
     rescale_size,
 )
@@ -84,7 +83,6 @@ def eval_pipeline(scale: tuple[int, int] | None) -> v2.Compose:
     >>> tuple(img.shape), tuple(mask.shape)
     ((3, 32, 40), (1, 40, 50))
     """
-    # The mask goes in as a plain tensor: with an Image present, v2 passes plain tensors through untouched.
     return v2.Compose([KeepRatioResize(scale)] if scale else [v2.Identity()])
 
 
@@ -108,7 +106,14 @@ class RandomResize(v2.Transform):
 
 
 class KeepRatioResize(RandomResize):
-    """Deterministic keep-ratio resize to ``scale`` (MMSeg's test-time Resize)."""
+    """Deterministic keep-ratio resize of the image to ``scale`` (MMSeg's test-time Resize).
+
+    Only the image: MMSeg's test pipeline loads the labels after resizing, so the metric is computed at
+    the original resolution (the dataset hands the mask over as a ``tv_tensors.Mask``, which v2 would
+    otherwise resize too).
+    """
+
+    _transformed_types = (tv_tensors.Image,)
 
     def __init__(self, scale: tuple[int, int]) -> None:
         super().__init__(scale, (1.0, 1.0))
@@ -128,22 +133,11 @@ class RandomCrop(v2.Transform):
         self.ignore_index = ignore_index
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
-        h, w = _size(flat_inputs)
         mask = next((x for x in flat_inputs if isinstance(x, tv_tensors.Mask)), None)
-        box = self._draw(h, w)
-        if mask is not None and self.cat_max_ratio < 1.0:
-            for _ in range(10):
-                top, left, ch, cw = box
-                labels = mask[..., top : top + ch, left : left + cw]
-                if not dominated(labels, self.cat_max_ratio, self.ignore_index):
-                    break
-                box = self._draw(h, w)
+        if mask is None:  # no class test without a mask: a plain random crop of the image
+            mask = torch.zeros(_size(flat_inputs), dtype=torch.uint8)
+        box = random_crop_box(mask, self.crop_size, self.cat_max_ratio, self.ignore_index, _draw_offsets)
         return dict(zip(("top", "left", "height", "width"), box, strict=True))
-
-    def _draw(self, h: int, w: int) -> tuple[int, int, int, int]:
-        top = int(torch.randint(0, max(h - self.crop_size[0], 0) + 1, ()).item())
-        left = int(torch.randint(0, max(w - self.crop_size[1], 0) + 1, ()).item())
-        return crop_box(h, w, self.crop_size, (top, left))
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         return F.crop(inpt, **params)
@@ -198,6 +192,11 @@ class PadCollate:
     def __call__(self, items: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> PaddedBatch:
         images, masks = zip(*items, strict=True)
         return pad_batch(images, masks, self.size, self.ignore_index)  # type: ignore[arg-type]
+
+
+def _draw_offsets(max_top: int, max_left: int) -> tuple[int, int]:
+    top = int(torch.randint(0, max_top + 1, ()).item())
+    return top, int(torch.randint(0, max_left + 1, ()).item())
 
 
 def _size(flat_inputs: list[Any]) -> tuple[int, int]:

@@ -8,7 +8,8 @@ Re-layouts besides renaming:
 
     Swin     stages.i.downsample (mmseg, after stage i)  →  layers_{i+1}.downsample (timm, before stage i+1)
              PatchMerging's input channels: nn.Unfold order (c, kh, kw) → timm's concat order (kw, kh, c)
-             attn.w_msa.relative_position_index is a derived buffer and is dropped
+             attn.w_msa.relative_position_index is a derived buffer and is dropped; the qkv Linear and
+             the relative position bias tables keep their layout (both follow the original Swin)
     Twins    global attention: nn.MultiheadAttention's in_proj (q; k; v) → timm's q and kv
 
 >>> from eqsurgeon.zoo.convert_mmseg import zoo_key
@@ -42,7 +43,9 @@ _RULES: dict[str, list[tuple[str, str]]] = {
         (r"stages\.(\d)\.blocks\.(\d+)\.ffn\.layers\.0\.0\.", r"body.layers_\1.blocks.\2.mlp.fc1."),
         (r"stages\.(\d)\.blocks\.(\d+)\.ffn\.layers\.1\.", r"body.layers_\1.blocks.\2.mlp.fc2."),
         (r"stages\.(\d)\.blocks\.(\d+)\.(norm[12])\.", r"body.layers_\1.blocks.\2.\3."),
-        (r"stages\.(\d)\.downsample\.", "<next-stage>"),  # handled in _swin_downsample
+        (r"stages\.0\.downsample\.", "body.layers_1.downsample."),  # mmseg: after stage i; timm: before i+1
+        (r"stages\.1\.downsample\.", "body.layers_2.downsample."),
+        (r"stages\.2\.downsample\.", "body.layers_3.downsample."),
         (r"norm(\d)\.", r"out_norms.\1."),
     ],
     "convnext": [
@@ -58,7 +61,7 @@ _RULES: dict[str, list[tuple[str, str]]] = {
         (r"patch_embeds\.(\d)\.projection\.", r"body.model.patch_embeds.\1.proj."),
         (r"patch_embeds\.(\d)\.norm\.", r"body.model.patch_embeds.\1.norm."),
         (r"position_encodings\.(\d)\.proj\.", r"body.model.pos_block.\1.proj.0."),
-        (r"layers\.(\d)\.(\d+)\.attn\.attn\.in_proj_", "<split-qkv>"),  # handled in _twins_in_proj
+        (r"layers\.(\d)\.(\d+)\.attn\.attn\.in_proj_", r"body.model.blocks.\1.\2.attn.<q|kv>."),
         (r"layers\.(\d)\.(\d+)\.attn\.attn\.out_proj\.", r"body.model.blocks.\1.\2.attn.proj."),
         (r"layers\.(\d)\.(\d+)\.attn\.", r"body.model.blocks.\1.\2.attn."),
         (r"layers\.(\d)\.(\d+)\.ffn\.layers\.0\.0\.", r"body.model.blocks.\1.\2.mlp.fc1."),
@@ -96,6 +99,9 @@ def backbone_family(model: str) -> str:
 def zoo_key(key: str, family: str) -> str | None:
     """The zoo key of one mmseg key (None when it is dropped); heads keep their names.
 
+    Twins' ``in_proj_weight`` maps to ``...attn.<q|kv>.weight``: its first third is ``q.weight``, the
+    rest ``kv.weight`` (:func:`convert_state_dict` splits it).
+
     >>> zoo_key("backbone.stem.7.weight", "resnet"), zoo_key("decode_head.conv_seg.bias", "resnet")
     ('backbone.body.bn1.weight', 'decode_head.conv_seg.bias')
     """
@@ -131,32 +137,22 @@ def convert_state_dict(state_dict: Mapping[str, torch.Tensor], model: str) -> di
         new = zoo_key(key, family)
         if new is None:
             continue
-        if new.startswith("backbone.<next-stage>"):
-            out.update(_swin_downsample(key, value))
-        elif new.startswith("backbone.<split-qkv>"):
-            out.update(_twins_in_proj(key, value))
+        if "<q|kv>" in new:
+            # nn.MultiheadAttention stacks (q; k; v); timm's Twins has q and kv = (k; v)
+            c = value.shape[0] // 3
+            out[new.replace("<q|kv>", "q")], out[new.replace("<q|kv>", "kv")] = value[:c], value[c:]
+        elif family == "swin" and ".downsample." in new:
+            out[new] = _unfold_to_timm_order(value) if not new.endswith("reduction.bias") else value
         else:
             out[new] = value
     return out
 
 
-def _swin_downsample(key: str, value: torch.Tensor) -> dict[str, torch.Tensor]:
-    stage, leaf = re.search(r"stages\.(\d)\.downsample\.(.*)$", key).groups()  # type: ignore[union-attr]
-    # nn.Unfold(2, stride=2) lays out channel c of window offset (kh, kw) at c*4 + kh*2 + kw; timm
-    # concatenates the four offsets in the order (0,0), (1,0), (0,1), (1,1), i.e. kw*2C + kh*C + c.
-    if leaf in ("reduction.weight", "norm.weight", "norm.bias"):
-        lead = value.shape[:-1]
-        c = value.shape[-1] // 4
-        value = value.reshape(*lead, c, 2, 2).movedim(-3, -1).transpose(-3, -2).reshape(*lead, 4 * c)
-    return {f"backbone.body.layers_{int(stage) + 1}.downsample.{leaf}": value}
-
-
-def _twins_in_proj(key: str, value: torch.Tensor) -> dict[str, torch.Tensor]:
-    found = re.search(r"layers\.(\d)\.(\d+)\.attn\.attn\.in_proj_(weight|bias)", key)
-    stage, block, kind = found.groups()  # type: ignore[union-attr]
-    c = value.shape[0] // 3
-    prefix = f"backbone.body.model.blocks.{stage}.{block}.attn"
-    return {f"{prefix}.q.{kind}": value[:c], f"{prefix}.kv.{kind}": value[c:]}
+def _unfold_to_timm_order(value: torch.Tensor) -> torch.Tensor:
+    # PatchMerging's 4C inputs: nn.Unfold(2, stride=2) lays out channel c of window offset (kh, kw) at
+    # c*4 + kh*2 + kw; timm concatenates the offsets (0,0), (1,0), (0,1), (1,1), i.e. kw*2C + kh*C + c.
+    lead, c = value.shape[:-1], value.shape[-1] // 4
+    return value.reshape(*lead, c, 2, 2).movedim(-3, -1).transpose(-3, -2).reshape(*lead, 4 * c)
 
 
 def read_mmseg_checkpoint(path: Path | str) -> dict[str, torch.Tensor]:
