@@ -1,4 +1,4 @@
-"""The pipeline's pure functions follow mmseg on hand-made cases (tests/test_parity_mmseg.py runs mmseg)."""
+"""The pipeline's pure functions follow mmseg on hand-made cases (test_parity_pipeline.py runs mmseg)."""
 
 from __future__ import annotations
 
