@@ -2,7 +2,7 @@
 
 These functions are the semantics; ``transforms.py`` wraps them as ``torchvision.transforms.v2`` transforms
 that draw the random numbers, and a batched (GPU) pipeline must compute the same thing from the same draws.
-Each function names the mmcv/mmseg code it reproduces, and ``tests/test_parity_mmseg.py`` checks it against
+Each function names the mmcv/mmseg code it reproduces, and ``tests/test_parity_pipeline.py`` checks it against
 that code on injected draws. Images are uint8 RGB ``[3, H, W]`` (mmseg works in BGR; every step here is
 channel-order blind), masks uint8 ``[H, W]`` or ``[1, H, W]``.
 

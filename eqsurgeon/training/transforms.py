@@ -158,15 +158,13 @@ class PhotoMetricDistortion(v2.Transform):
             return draw if torch.rand(()).item() < 0.5 else None
 
         # Draw in a fixed order so the stream of random numbers is the same for every image.
-        hue = maybe(float(torch.randint(-18, 18, ()).item()))
-        draws = PhotometricDraws(
-            brightness=maybe(-32 + 64 * torch.rand(()).item()),
-            contrast_first=torch.rand(()).item() < 0.5,
-            contrast=maybe(0.5 + torch.rand(()).item()),
-            saturation=maybe(0.5 + torch.rand(()).item()),
-            hue=None if hue is None else int(hue),
-        )
-        return {"draws": draws}
+        brightness = maybe(-32 + 64 * torch.rand(()).item())
+        contrast_first = torch.rand(()).item() < 0.5
+        contrast = maybe(0.5 + torch.rand(()).item())
+        saturation = maybe(0.5 + torch.rand(()).item())
+        hue = maybe(float(torch.randint(-18, 18, ()).item()))  # {-18..17}, numpy's randint(-18, 18)
+        hue_step = None if hue is None else int(hue)
+        return {"draws": PhotometricDraws(brightness, contrast_first, contrast, saturation, hue_step)}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         out = photometric_distortion(inpt.as_subclass(torch.Tensor), params["draws"])
