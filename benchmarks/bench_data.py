@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from eqsurgeon.training.config import load_config
 from eqsurgeon.training.datasets import make_datasets
 from eqsurgeon.training.sampler import InfiniteSampler
+from eqsurgeon.training.transforms import PadCollate
 
 
 def main() -> None:
@@ -56,7 +57,8 @@ def main() -> None:
         cfg = load_config(None, sets)
         train_set, _ = make_datasets(cfg)
         stages = _stage_times(train_set, min(args.images, 16))
-        rates = {w: _loader_rate(train_set, args.batch, w, args.batches) for w in args.workers}
+        collate = PadCollate(cfg.data.crop_size, cfg.data.ignore_index)
+        rates = {w: _loader_rate(train_set, args.batch, w, args.batches, collate) for w in args.workers}
     _table(rates, stages, args)
     best_w = max(rates, key=lambda w: rates[w])
     summary = {
@@ -114,7 +116,9 @@ def _stage_times(dataset: torch.utils.data.Dataset, n: int) -> dict[str, float]:
     return times
 
 
-def _loader_rate(dataset: torch.utils.data.Dataset, batch: int, workers: int, batches: int) -> float:
+def _loader_rate(
+    dataset: torch.utils.data.Dataset, batch: int, workers: int, batches: int, collate: PadCollate
+) -> float:
     sampler = InfiniteSampler(len(dataset), seed=0, rank=0, world=1)
     loader = DataLoader(
         dataset,
@@ -124,6 +128,7 @@ def _loader_rate(dataset: torch.utils.data.Dataset, batch: int, workers: int, ba
         pin_memory=torch.cuda.is_available(),
         persistent_workers=workers > 0,
         generator=torch.Generator(),
+        collate_fn=collate,  # the trainer's: crops smaller than the crop size are padded per batch
     )
     it = iter(loader)
     # Warm-up: every worker's start-up, then the batches they prefetched meanwhile (prefetch_factor 2),

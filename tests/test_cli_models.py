@@ -75,7 +75,7 @@ def test_static_table_matches_every_zoo_model() -> None:
     assert _static_rows() == {r["name"]: r for r in table_document()["models"]}
 
 
-COMMANDS = ("analyze", "check", "calibrate", "verify", "models", "train", "eval", "demo-data")
+COMMANDS = ("analyze", "check", "calibrate", "verify", "models", "train", "eval", "demo-data", "convert-mmseg")
 
 
 @pytest.mark.parametrize(

@@ -64,10 +64,13 @@ def test_slide_inference_matches_whole_for_a_translation_invariant_model() -> No
 
 
 def test_schedule_warmup_then_poly_to_min_lr() -> None:
-    cfg = ScheduleConfig(iters=100, warmup_iters=10, warmup_ratio=1e-6, power=0.9, min_lr=1e-4)
+    # mmengine's LinearLR/PolyLR span end - begin - 1 steps: warmup 0..9 reaches 1 at 9, the decay over
+    # iterations 10..100 reaches min_lr at the last one (100 = iters - 1).
+    cfg = ScheduleConfig(iters=101, warmup_iters=10, warmup_ratio=1e-6, power=0.9, min_lr=1e-4)
     assert lr_factor(0, cfg, 0.01) == pytest.approx(1e-6)
-    assert lr_factor(10, cfg, 0.01) == pytest.approx(1.0)
+    assert lr_factor(9, cfg, 0.01) == lr_factor(10, cfg, 0.01) == pytest.approx(1.0)
     assert lr_factor(100, cfg, 0.01) * 0.01 == pytest.approx(1e-4)
+    assert lr_factor(99, cfg, 0.01) * 0.01 > 1.0001e-4
     assert lr_factor(55, cfg, 0.01) == pytest.approx(0.01 + 0.99 * 0.5**0.9)
 
 

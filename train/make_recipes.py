@@ -36,9 +36,11 @@ FAMILIES = {
          "no_decay_names": ["absolute_pos_embed", "relative_position_bias_table", "norm"]},
         _WARMUP_POLY,
     ),
+    # The mmseg configs also list 'pos_block', but mmseg's Twins names its position encodings
+    # 'position_encodings', so that key matches nothing there and they decay; timm calls them pos_block.
     "twins": Family(
         {"name": "adamw", "lr": 6e-5, "weight_decay": 0.01, "betas": [0.9, 0.999],
-         "no_decay_norm_bias": False, "no_decay_names": ["pos_block", "norm"]},
+         "no_decay_norm_bias": False, "no_decay_names": ["norm"]},
         _WARMUP_POLY,
     ),
     # AmpOptimWrapper (fp16, dynamic loss scale); LearningRateDecayOptimizerConstructor stage_wise 0.9.

@@ -58,7 +58,7 @@ def _root(
 
 def _register() -> None:
     # Each command lives in its own module; registering here keeps the order of `--help` deliberate.
-    from eqsurgeon.cli import analyze, calibrate, check, demo_data, eval, models, train, verify
+    from eqsurgeon.cli import analyze, calibrate, check, convert_mmseg, demo_data, eval, models, train, verify
 
     app.command("analyze")(analyze.analyze)
     app.command("check")(check.check_cmd)
@@ -68,6 +68,7 @@ def _register() -> None:
     app.command("train")(train.train)
     app.command("eval")(eval.evaluate)
     app.command("demo-data")(demo_data.demo_data)
+    app.command("convert-mmseg")(convert_mmseg.convert_mmseg)
 
 
 _register()

@@ -22,10 +22,12 @@ from eqsurgeon.calibration import CalibrationOptions, RecordSource, build_record
 from eqsurgeon.errors import RecipeError
 from eqsurgeon.measure import ddp_reduce
 from eqsurgeon.records import CalibrationRecord
+from eqsurgeon.training.augment import PaddedBatch
 from eqsurgeon.training.config import TrainConfig
 from eqsurgeon.training.distributed import DistInfo
 from eqsurgeon.training.evaluate import to_input
 from eqsurgeon.training.sampler import InfiniteSampler
+from eqsurgeon.training.transforms import PadCollate
 
 # Calibration crops use epochs -1, -2, ... of the augmentation seed stream; training uses 0, 1, ...
 _CALIBRATION_EPOCH = -1
@@ -52,15 +54,16 @@ def equalize_in_loop(
         sampler=keys,
         num_workers=min(cfg.data.workers, len(keys)),
         generator=torch.Generator(),  # leave the global RNG alone (resume exactness)
+        collate_fn=PadCollate(cfg.data.crop_size, cfg.data.ignore_index),
     )
-    images = [batch for batch, _ in loader]  # uint8, small; re-read once per site by calibrate
+    batches = list(loader)  # uint8, small; re-read once per site by calibrate
     model.to(info.device)
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.run.amp)
     options = CalibrationOptions(
         mode=eq.mode, bias_correction=eq.bias_correction, bn_mode=eq.bn_mode, tolerance=eq.tolerance,
         max_images=eq.images, autocast_dtype=amp,
     )  # fmt: skip
-    result = calibrate(model, _Normalized(images, cfg, info.device), options, reduce=ddp_reduce)
+    result = calibrate(model, _Normalized(batches, cfg, info.device), options, reduce=ddp_reduce)
     source = RecordSource(
         model=cfg.model.name, data_fingerprint=f"train crops of {cfg.data.root} (seed {cfg.run.seed})",
         model_kwargs=dict(cfg.model.kwargs), seed=cfg.run.seed, input_size=tuple(cfg.data.crop_size),
@@ -84,11 +87,11 @@ def calibration_keys(size: int, seed: int, rank: int, world: int, count: int) ->
 
 
 class _Normalized:
-    """Re-iterable view of uint8 batches as normalized float batches on the device."""
+    """Re-iterable view of padded uint8 batches as normalized float batches on the device."""
 
-    def __init__(self, batches: list[torch.Tensor], cfg: TrainConfig, device: torch.device) -> None:
+    def __init__(self, batches: list[PaddedBatch], cfg: TrainConfig, device: torch.device) -> None:
         self.batches, self.cfg, self.device = batches, cfg, device
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        for batch in self.batches:
-            yield to_input(batch.to(self.device), self.cfg.data, self.cfg.run.channels_last)
+        for b in self.batches:
+            yield to_input(b.images.to(self.device), self.cfg.data, self.cfg.run.channels_last, b.sizes)

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from eqsurgeon.errors import CheckpointError, RecipeError
 from eqsurgeon.training import distributed
+from eqsurgeon.training.augment import normalize
 from eqsurgeon.training.config import DataConfig, EvalConfig, TrainConfig
 from eqsurgeon.training.inference import predict
 from eqsurgeon.training.metrics import SegMetrics, area_counts, summarize
@@ -59,16 +60,22 @@ def evaluate(
     return summarize(distributed.all_reduce_sum(areas).cpu())
 
 
-def to_input(images: torch.Tensor, data: DataConfig, channels_last: bool = False) -> torch.Tensor:
+def to_input(
+    images: torch.Tensor,
+    data: DataConfig,
+    channels_last: bool = False,
+    sizes: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Normalize a uint8 [N, 3, H, W] batch on its device with the recipe's mean/std (0–255 scale).
+
+    With ``sizes`` (each sample's unpadded (h, w), from ``PadCollate``) the padding becomes 0 after
+    normalization, as in mmseg (``augment.normalize``).
 
     >>> cfg = DataConfig(mean=(0, 0, 0), std=(255, 255, 255))
     >>> to_input(torch.full((1, 3, 1, 1), 255, dtype=torch.uint8), cfg).flatten().tolist()
     [1.0, 1.0, 1.0]
     """
-    mean = torch.tensor(data.mean, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(data.std, device=images.device).view(1, 3, 1, 1)
-    x = (images.float() - mean) / std
+    x = normalize(images, data.mean, data.std, sizes)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 

@@ -34,6 +34,7 @@ from eqsurgeon.io import (
 )
 from eqsurgeon.records import CalibrationRecord
 from eqsurgeon.training import distributed, rundir
+from eqsurgeon.training.augment import PaddedBatch
 from eqsurgeon.training.checkpoint import (
     checkpoint_files,
     load_state,
@@ -50,6 +51,7 @@ from eqsurgeon.training.metrics import SegMetrics
 from eqsurgeon.training.model import build_model, init_record
 from eqsurgeon.training.optim import build_optimizer, build_scheduler
 from eqsurgeon.training.sampler import InfiniteSampler
+from eqsurgeon.training.transforms import PadCollate
 
 LogFn = Callable[[dict[str, Any]], None]
 
@@ -175,6 +177,7 @@ def _train(cfg: TrainConfig, resume: bool, on_log: LogFn, info: distributed.Dist
         pin_memory=device.type == "cuda",
         persistent_workers=d.workers > 0,
         generator=torch.Generator(),  # keep the global RNG untouched by loader start-up
+        collate_fn=PadCollate(d.crop_size, d.ignore_index),  # padded after normalization, as in mmseg
     )
     batches = iter(loader)
     writer = rundir.open_tensorboard(run_dir) if info.is_main else None
@@ -184,9 +187,9 @@ def _train(cfg: TrainConfig, resume: bool, on_log: LogFn, info: distributed.Dist
     loss_sum = torch.zeros((), device=device)  # summed on device, read at log time: no sync per step
     window_start, window_iters, metrics = time.perf_counter(), 0, None
     for it in range(start_iter, cfg.schedule.iters):
-        images, masks = _next_batch(batches)
-        x = to_input(images.to(device, non_blocking=True), d, cfg.run.channels_last)
-        y = masks.to(device, non_blocking=True).long()
+        batch = _next_batch(batches)
+        x = to_input(batch.images.to(device, non_blocking=True), d, cfg.run.channels_last, batch.sizes)
+        y = batch.masks.to(device, non_blocking=True).long()
         with autocast(device, cfg.run.amp):
             out = net(x)
             if it == start_iter:
@@ -315,7 +318,7 @@ def _on_rank0(info: distributed.DistInfo, fn: Callable[[], Any]) -> Any:
     return result
 
 
-def _next_batch(batches: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def _next_batch(batches: Any) -> PaddedBatch:
     try:
         return next(batches)
     except DataError as exc:

@@ -38,16 +38,18 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
 def lr_factor(iteration: int, cfg: ScheduleConfig, base_lr: float) -> float:
     """Multiplier of the base lr at ``iteration``: linear warmup from ``warmup_ratio``, then poly decay.
 
-    Poly decay runs from the end of warmup to ``cfg.iters`` and ends at ``min_lr`` (mmengine's PolyLR with
-    ``eta_min``).
+    The recipes' mmengine schedule, ``LinearLR(begin=0, end=W)`` then ``PolyLR(begin=W, end=N,
+    eta_min=min_lr)``, in closed form. mmengine runs each over ``end - begin - 1`` steps: the warmup reaches
+    the full lr at iteration W − 1, stays there at W, and the decay reaches ``min_lr`` at the last
+    iteration N − 1.
 
-    >>> cfg = ScheduleConfig(iters=10, warmup_iters=2, warmup_ratio=0.0, power=1.0)
-    >>> [round(lr_factor(i, cfg, 1.0), 3) for i in (0, 1, 2, 6, 10)]
-    [0.0, 0.5, 1.0, 0.5, 0.0]
+    >>> cfg = ScheduleConfig(iters=11, warmup_iters=3, warmup_ratio=0.0, power=1.0)
+    >>> [round(lr_factor(i, cfg, 1.0), 3) for i in (0, 1, 2, 3, 6, 10)]
+    [0.0, 0.5, 1.0, 1.0, 0.571, 0.0]
     """
     if iteration < cfg.warmup_iters:
-        return cfg.warmup_ratio + (1 - cfg.warmup_ratio) * iteration / cfg.warmup_iters
-    span = max(cfg.iters - cfg.warmup_iters, 1)
+        return cfg.warmup_ratio + (1 - cfg.warmup_ratio) * iteration / max(cfg.warmup_iters - 1, 1)
+    span = max(cfg.iters - cfg.warmup_iters - 1, 1)
     progress = min((iteration - cfg.warmup_iters) / span, 1.0)
     floor = cfg.min_lr / base_lr if base_lr else 0.0
     return floor + (1 - floor) * (1 - progress) ** cfg.power

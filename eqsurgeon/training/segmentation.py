@@ -17,6 +17,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from eqsurgeon.errors import DataError
+from eqsurgeon.training.augment import reduce_zero_label
 from eqsurgeon.training.transforms import sample_seed
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -133,8 +134,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
                 f"{image.shape[2]}x{image.shape[1]}; masks must match their image's size"
             )
         if self.samples.reduce_zero_label:
-            # ADE20K: 0 is "other", ignored; classes 1..150 become 0..149.
-            mask = torch.where(mask == 0, 255, mask - 1).to(torch.uint8)
+            # ADE20K: 0 is "other", ignored; classes 1..150 become 0..149; 255 stays 255 (as in mmseg).
+            mask = reduce_zero_label(mask)
         bad = (mask >= self.num_classes) & (mask != self.ignore_index)
         if bad.any():
             label = int(mask[bad][0])

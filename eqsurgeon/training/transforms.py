@@ -1,16 +1,20 @@
 """MMSegmentation's training pipeline as joint image/mask ``torchvision.transforms.v2`` transforms.
 
     RandomResize(scale, ratio 0.5–2.0) → RandomCrop(cat_max_ratio 0.75) → RandomFlip → PhotoMetricDistortion
-    → PadTo(crop)
 
 Images are ``tv_tensors.Image`` (uint8, CHW, RGB) and masks ``tv_tensors.Mask`` (uint8, 1HW) travelling
 together, so every geometric op moves both and the colour ops touch only the image. All randomness comes
 from torch's global generator; the dataset seeds it per (seed, epoch, sample index) around the call, so a
-sample's augmentation does not depend on which worker draws it. Normalization happens on the device.
+sample's augmentation does not depend on which worker draws it. Each transform only draws its random
+numbers; what it does with them is a pure function in :mod:`eqsurgeon.training.augment`.
+
+Crops smaller than the crop size are not padded here: as in mmseg, the batch is padded after normalization
+(:class:`PadCollate` stacks and records each size, ``augment.normalize`` zeroes the padding on the device).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -18,9 +22,15 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-# torchvision's own HSV conversion (float images in [0, 1]); the public adjust_saturation/adjust_hue blend
-# differently from MMSeg's HSV arithmetic, which the paper recipes use.
-from torchvision.transforms.v2.functional._color import _hsv_to_rgb, _rgb_to_hsv
+from eqsurgeon.training.augment import (
+    PaddedBatch,
+    PhotometricDraws,
+    pad_batch,
+    photometric_distortion,
+    random_crop_box,
+    random_resize_size,
+    rescale_size,
+)
 
 
 def train_pipeline(
@@ -41,13 +51,16 @@ def train_pipeline(
         cat_max_ratio: a crop is re-drawn (up to 10 times) while one class covers more than this share.
         flip_prob: probability of a horizontal flip.
         photometric: apply PhotoMetricDistortion.
-        ignore_index: label of pixels that count for nothing; also the mask's padding value.
+        ignore_index: label of pixels that count for nothing (the crop's class count skips it).
+
+    Returns:
+        The transform; its output is at most ``crop_size`` (:class:`PadCollate` pads the batch).
 
     >>> t = train_pipeline((32, 32), (64, 32), (0.5, 2.0), 0.75, 0.5, True, 255)
     >>> img, mask = t(tv_tensors.Image(torch.zeros(3, 40, 50, dtype=torch.uint8)),
     ...               tv_tensors.Mask(torch.zeros(1, 40, 50, dtype=torch.uint8)))
-    >>> tuple(img.shape), tuple(mask.shape)
-    ((3, 32, 32), (1, 32, 32))
+    >>> img.shape[-2] <= 32 and img.shape[-1] <= 32 and img.shape[-2:] == mask.shape[-2:]
+    True
     """
     steps: list[v2.Transform] = [
         RandomResize(scale, ratio_range),
@@ -56,7 +69,6 @@ def train_pipeline(
     ]
     if photometric:
         steps.append(PhotoMetricDistortion())
-    steps.append(PadTo(crop_size, ignore_index))
     return v2.Compose(steps)
 
 
@@ -71,18 +83,11 @@ def eval_pipeline(scale: tuple[int, int] | None) -> v2.Compose:
     >>> tuple(img.shape), tuple(mask.shape)
     ((3, 32, 40), (1, 40, 50))
     """
-    # The mask goes in as a plain tensor: with an Image present, v2 passes plain tensors through untouched.
     return v2.Compose([KeepRatioResize(scale)] if scale else [v2.Identity()])
 
 
-def rescale_size(height: int, width: int, scale: tuple[float, float]) -> tuple[int, int]:
-    """Size after fitting (h, w) into ``scale`` = (long edge, short edge), keeping the aspect ratio (mmcv)."""
-    factor = min(max(scale) / max(height, width), min(scale) / min(height, width))
-    return int(height * factor + 0.5), int(width * factor + 0.5)
-
-
 class RandomResize(v2.Transform):
-    """Resize to ``scale`` × r, r ~ U(ratio_range), keeping aspect (bilinear image, nearest mask)."""
+    """Resize to int(``scale`` × r), r ~ U(ratio_range), keeping aspect (bilinear image, nearest mask)."""
 
     def __init__(self, scale: tuple[int, int], ratio_range: tuple[float, float]) -> None:
         super().__init__()
@@ -93,7 +98,7 @@ class RandomResize(v2.Transform):
         lo, hi = self.ratio_range
         ratio = lo + (hi - lo) * torch.rand(()).item()
         h, w = _size(flat_inputs)
-        return {"size": list(rescale_size(h, w, (self.scale[0] * ratio, self.scale[1] * ratio)))}
+        return {"size": list(random_resize_size(h, w, self.scale, ratio))}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         # antialias=False matches cv2's INTER_LINEAR, which MMSeg uses.
@@ -101,7 +106,14 @@ class RandomResize(v2.Transform):
 
 
 class KeepRatioResize(RandomResize):
-    """Deterministic keep-ratio resize to ``scale`` (MMSeg's test-time Resize)."""
+    """Deterministic keep-ratio resize of the image to ``scale`` (MMSeg's test-time Resize).
+
+    Only the image: MMSeg's test pipeline loads the labels after resizing, so the metric is computed at
+    the original resolution (the dataset hands the mask over as a ``tv_tensors.Mask``, which v2 would
+    otherwise resize too).
+    """
+
+    _transformed_types = (tv_tensors.Image,)
 
     def __init__(self, scale: tuple[int, int]) -> None:
         super().__init__(scale, (1.0, 1.0))
@@ -121,24 +133,11 @@ class RandomCrop(v2.Transform):
         self.ignore_index = ignore_index
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
-        h, w = _size(flat_inputs)
-        ch, cw = min(self.crop_size[0], h), min(self.crop_size[1], w)
         mask = next((x for x in flat_inputs if isinstance(x, tv_tensors.Mask)), None)
-        top, left = self._draw(h, w, ch, cw)
-        if mask is not None and self.cat_max_ratio < 1.0:
-            for _ in range(10):
-                labels = mask[..., top : top + ch, left : left + cw]
-                counts = torch.bincount(labels[labels != self.ignore_index].flatten().long())
-                counts = counts[counts > 0]
-                if len(counts) > 1 and counts.max() / counts.sum() < self.cat_max_ratio:
-                    break
-                top, left = self._draw(h, w, ch, cw)
-        return {"top": top, "left": left, "height": ch, "width": cw}
-
-    def _draw(self, h: int, w: int, ch: int, cw: int) -> tuple[int, int]:
-        top = int(torch.randint(0, h - ch + 1, ()).item())
-        left = int(torch.randint(0, w - cw + 1, ()).item())
-        return top, left
+        if mask is None:  # no class test without a mask: a plain random crop of the image
+            mask = torch.zeros(_size(flat_inputs), dtype=torch.uint8)
+        box = random_crop_box(mask, self.crop_size, self.cat_max_ratio, self.ignore_index, _draw_offsets)
+        return dict(zip(("top", "left", "height", "width"), box, strict=True))
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         return F.crop(inpt, **params)
@@ -148,7 +147,8 @@ class PhotoMetricDistortion(v2.Transform):
     """MMSeg's colour jitter, each step with probability 0.5, on the uint8 image only.
 
     brightness + U(-32, 32); contrast × U(0.5, 1.5) (before or after the HSV steps, at random);
-    saturation × U(0.5, 1.5); hue + U{-18..18} on OpenCV's 0–180 hue scale.
+    saturation × U(0.5, 1.5); hue + U{-18..17} on OpenCV's 0–180 hue scale
+    (:func:`~eqsurgeon.training.augment.photometric_distortion` applies them).
     """
 
     _transformed_types = (tv_tensors.Image,)
@@ -158,50 +158,43 @@ class PhotoMetricDistortion(v2.Transform):
             return draw if torch.rand(()).item() < 0.5 else None
 
         # Draw in a fixed order so the stream of random numbers is the same for every image.
-        return {
-            "brightness": maybe(-32 + 64 * torch.rand(()).item()),
-            "contrast_first": torch.rand(()).item() < 0.5,
-            "contrast": maybe(0.5 + torch.rand(()).item()),
-            "saturation": maybe(0.5 + torch.rand(()).item()),
-            "hue": maybe(float(torch.randint(-18, 19, ()).item())),
-        }
+        brightness = maybe(-32 + 64 * torch.rand(()).item())
+        contrast_first = torch.rand(()).item() < 0.5
+        contrast = maybe(0.5 + torch.rand(()).item())
+        saturation = maybe(0.5 + torch.rand(()).item())
+        hue = maybe(float(torch.randint(-18, 18, ()).item()))  # {-18..17}, numpy's randint(-18, 18)
+        hue_step = None if hue is None else int(hue)
+        return {"draws": PhotometricDraws(brightness, contrast_first, contrast, saturation, hue_step)}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        img = inpt.as_subclass(torch.Tensor).float()
-        if params["brightness"] is not None:
-            img = (img + params["brightness"]).clamp_(0, 255)
-        if params["contrast_first"] and params["contrast"] is not None:
-            img = (img * params["contrast"]).clamp_(0, 255)
-        if params["saturation"] is not None or params["hue"] is not None:
-            hsv = _rgb_to_hsv(img / 255.0)
-            if params["saturation"] is not None:
-                hsv[1].mul_(params["saturation"]).clamp_(0, 1)
-            if params["hue"] is not None:
-                hsv[0].add_(params["hue"] / 180.0).remainder_(1.0)
-            img = _hsv_to_rgb(hsv) * 255.0
-        if not params["contrast_first"] and params["contrast"] is not None:
-            img = (img * params["contrast"]).clamp_(0, 255)
-        # Back to uint8 by truncation, as MMSeg's astype does.
-        return tv_tensors.wrap(img.clamp_(0, 255).to(torch.uint8), like=inpt)
+        out = photometric_distortion(inpt.as_subclass(torch.Tensor), params["draws"])
+        return tv_tensors.wrap(out, like=inpt)
 
 
-class PadTo(v2.Transform):
-    """Pad bottom/right up to ``size``: the image with 0, the mask with ``ignore_index``."""
+class PadCollate:
+    """DataLoader ``collate_fn``: (image, mask) items → :class:`~eqsurgeon.training.augment.PaddedBatch`.
+
+    Pads every item bottom/right to ``size`` (or the largest item), the mask with ``ignore_index``;
+    ``augment.normalize`` then zeroes the padded pixels after normalization, as mmseg does.
+
+    >>> collate = PadCollate((4, 4), 255)
+    >>> batch = collate([(torch.ones(3, 3, 4, dtype=torch.uint8), torch.zeros(3, 4, dtype=torch.uint8))])
+    >>> tuple(batch.images.shape), batch.sizes.tolist()
+    ((1, 3, 4, 4), [[3, 4]])
+    """
 
     def __init__(self, size: tuple[int, int], ignore_index: int) -> None:
-        super().__init__()
         self.size = tuple(size)
         self.ignore_index = ignore_index
 
-    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
-        h, w = _size(flat_inputs)
-        return {"padding": [0, 0, max(self.size[1] - w, 0), max(self.size[0] - h, 0)]}
+    def __call__(self, items: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> PaddedBatch:
+        images, masks = zip(*items, strict=True)
+        return pad_batch(images, masks, self.size, self.ignore_index)  # type: ignore[arg-type]
 
-    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        if not any(params["padding"]):
-            return inpt
-        fill = self.ignore_index if isinstance(inpt, tv_tensors.Mask) else 0
-        return F.pad(inpt, params["padding"], fill=fill)
+
+def _draw_offsets(max_top: int, max_left: int) -> tuple[int, int]:
+    top = int(torch.randint(0, max_top + 1, ()).item())
+    return top, int(torch.randint(0, max_left + 1, ()).item())
 
 
 def _size(flat_inputs: list[Any]) -> tuple[int, int]:

@@ -9,6 +9,9 @@ Where MMSegmentation normalizes every output stage (Swin's ``norm{i}``, mmpretra
 ``norm{i}``, Twins-SVT with ``norm_after_stage=True``), ``out_norm`` adds the same LayerNorms here; timm's
 feature extractors return the raw stage outputs.
 
+Any input size works, and gives mmseg's result: where timm's Swin and Twins compute otherwise at sizes that
+are not whole patches or windows, :mod:`eqsurgeon.zoo.mmseg_compat` patches them to mmseg's semantics.
+
 >>> import torch
 >>> bb = TimmBackbone("test_convnext", out_norm="layernorm2d")
 >>> [tuple(f.shape) for f in bb(torch.randn(1, 3, 64, 64))]
@@ -26,6 +29,7 @@ from timm.layers import LayerNorm2d
 from torch import nn
 
 from eqsurgeon.errors import ModelLoadError
+from eqsurgeon.zoo.mmseg_compat import chain_stage_norms, make_mmseg_compatible
 
 
 class TimmBackbone(nn.Module):
@@ -38,6 +42,8 @@ class TimmBackbone(nn.Module):
         weights: local timm-format state dict to load instead; overrides ``pretrained``.
         out_norm: None, ``"layernorm"`` (NHWC LayerNorm, eps 1e-5, as Swin/Twins in mmseg) or
             ``"layernorm2d"`` (channels-first, eps 1e-6, as mmpretrain's ConvNeXt) on every output.
+        norm_between_stages: the next stage also sees the normalized output (mmseg's Twins SVT with
+            ``norm_after_stage=True``); needs ``out_norm``.
         **timm_kwargs: passed to ``timm.create_model`` (``drop_path_rate``, ``output_stride``...).
 
     Attributes:
@@ -52,10 +58,11 @@ class TimmBackbone(nn.Module):
         pretrained: bool = False,
         weights: str | Path | None = None,
         out_norm: str | None = None,
+        norm_between_stages: bool = False,
         **timm_kwargs: object,
     ) -> None:
         super().__init__()
-        self.body = _create(name, tuple(out_indices), pretrained, weights, timm_kwargs)
+        self.body = make_mmseg_compatible(_create(name, tuple(out_indices), pretrained, weights, timm_kwargs))
         self.channels: list[int] = list(self.body.feature_info.channels())
         self.reductions: list[int] = list(self.body.feature_info.reduction())
         # Decided once here, never per forward, so the traced graph has no shape-dependent branches.
@@ -68,6 +75,9 @@ class TimmBackbone(nn.Module):
         else:
             assert out_norm is None, f"unknown out_norm {out_norm!r}"
         self.out_norm = out_norm
+        if norm_between_stages:
+            assert self.out_norms is not None, "norm_between_stages needs out_norm"
+            chain_stage_norms(self.body, list(self.out_norms))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats = self.body(x)

@@ -44,6 +44,7 @@ class BackboneSpec:
     out_norm: str | None = None
     timm_kwargs: dict[str, object] = field(default_factory=dict)
     out_indices: tuple[int, ...] = (0, 1, 2, 3)
+    norm_between_stages: bool = False  # mmseg's Twins SVT: the next stage sees the normalized output
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,12 @@ Factory = Callable[..., nn.Module]
 # works because strict_img_size=False pads each stage to whole windows and builds masks per forward.
 _SWIN = {"img_size": 512, "strict_img_size": False, "drop_path_rate": 0.3}
 _D8 = {"output_stride": 8}
+
+
+def _twins(drop_path_rate: float) -> dict[str, object]:
+    # mmseg's Twins builds every LayerNorm from norm_cfg=dict(type="LN"): eps 1e-5 (timm's blocks: 1e-6).
+    return {"drop_path_rate": drop_path_rate, "norm_layer": nn.LayerNorm}
+
 _RES_IDX = (1, 2, 3, 4)  # timm's level 0 is the stride-2 stem; mmseg's out_indices (0..3) are layer1..4
 
 _UPERNETS: dict[str, tuple[BackboneSpec, str]] = {
@@ -90,17 +97,18 @@ _UPERNETS: dict[str, tuple[BackboneSpec, str]] = {
         BackboneSpec("convnext_base", "layernorm2d", {"drop_path_rate": 0.4, "ls_init_value": 1.0}),
         "convnext/convnext-base_upernet_8xb2-amp-160k_ade20k-512x512.py",
     ),
-    # Twins-SVT configs set norm_after_stage=True: a LayerNorm after every stage.
+    # Twins-SVT configs set norm_after_stage=True: a LayerNorm after every stage, whose output is both the
+    # stage's feature and the next stage's input.
     "twins_svt_small": (
-        BackboneSpec("twins_svt_small", "layernorm", {"drop_path_rate": 0.2}),
+        BackboneSpec("twins_svt_small", "layernorm", _twins(0.2), norm_between_stages=True),
         "twins/twins_svt-s_uperhead_8xb2-160k_ade20k-512x512.py",
     ),
     "twins_svt_base": (
-        BackboneSpec("twins_svt_base", "layernorm", {"drop_path_rate": 0.2}),
+        BackboneSpec("twins_svt_base", "layernorm", _twins(0.2), norm_between_stages=True),
         "twins/twins_svt-b_uperhead_8xb2-160k_ade20k-512x512.py",
     ),
     "twins_svt_large": (
-        BackboneSpec("twins_svt_large", "layernorm", {"drop_path_rate": 0.3}),
+        BackboneSpec("twins_svt_large", "layernorm", _twins(0.3), norm_between_stages=True),
         "twins/twins_svt-l_uperhead_8xb2-160k_ade20k-512x512.py",
     ),
 }
@@ -148,6 +156,7 @@ def build_segmentor(
         pretrained=pretrained,
         weights=backbone_weights,
         out_norm=backbone.out_norm,
+        norm_between_stages=backbone.norm_between_stages,
         **backbone.timm_kwargs,
     )
     chans = bb.channels
