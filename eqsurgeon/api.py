@@ -26,7 +26,7 @@ from torch import nn
 from eqsurgeon.calibration import CalibrationOptions, CalibrationResult, Progress, RecordSource, build_record
 from eqsurgeon.checking import DEFAULT_MAX_RATIO, CheckResult
 from eqsurgeon.errors import EqSurgeonError, OptionError, check_choice, check_range
-from eqsurgeon.images import Skipped
+from eqsurgeon.images import MAX_ASPECT, MAX_PIXELS, ImageLimits, Skipped
 from eqsurgeon.inputs import (
     input_size,
     make_batches,
@@ -39,6 +39,8 @@ from eqsurgeon.verification import Verification
 
 FRONTENDS = ("auto", "fx", "export")
 MAX_SIDE = 16384  # a larger input side is a typo, and its activations would not fit in memory
+MAX_INPUT_PIXELS = 2**26  # 64 MP per image (8192×8192): a batch of 8 is 6 GiB of input alone
+MAX_SEED = 2**63 - 1  # torch.manual_seed's range
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,8 @@ class DataOptions:
         std: likewise for the std.
         seed: seeds model initialization, synthetic input and image sampling.
         device: "auto" (cuda when available), "cpu", "cuda" or "cuda:N".
+        max_pixels: images whose header declares more pixels are skipped before decoding.
+        max_aspect: likewise for images longer than this on one side than the other.
     """
 
     input_size: tuple[int, int] | None = None
@@ -83,17 +87,30 @@ class DataOptions:
     std: tuple[float, ...] | None = None
     seed: int = 0
     device: str = "auto"
+    max_pixels: int = MAX_PIXELS
+    max_aspect: float = MAX_ASPECT
 
     def __post_init__(self) -> None:
-        check_range("batch_size", self.batch_size, 0)
+        check_range("batch_size", self.batch_size, 0, 65536)
         check_range("batches", self.batches, 0)
-        check_range("workers", self.workers, -1)
+        check_range("workers", self.workers, -1, 1025)
+        if not 0 <= self.seed <= MAX_SEED:
+            raise OptionError("seed", self.seed, "is out of range; use 0 to 2**63 - 1")
         if self.max_images is not None:
             check_range("max_images", self.max_images, 0)
         if self.input_size is not None and not (
             len(self.input_size) == 2 and all(1 <= s <= MAX_SIDE for s in self.input_size)
         ):
             raise OptionError("input_size", self.input_size, f"needs two sides from 1 to {MAX_SIDE}")
+        if self.input_size is not None and self.input_size[0] * self.input_size[1] > MAX_INPUT_PIXELS:
+            over = f"is over {MAX_INPUT_PIXELS / 1e6:.0f} MP per image; use fewer pixels"
+            raise OptionError("input_size", self.input_size, over)
+        ImageLimits(self.max_pixels, self.max_aspect)  # checks both
+
+    @property
+    def limits(self) -> ImageLimits:
+        """The image caps as the image loader takes them."""
+        return ImageLimits(self.max_pixels, self.max_aspect)
 
 
 @dataclass(frozen=True)
@@ -171,6 +188,8 @@ def analyze(
     net, record, name = materialize(model, opts)
     require_batch_for_bn(net, opts.batch_size, how.bn_mode)
     batches, source, loader = make_batches(net, data, opts, record, limit=opts.batch_size * opts.batches)
+    if loader is not None:
+        require_batch_for_bn(net, opts.batch_size, how.bn_mode, len(loader.source.paths))
     it = iter(batches)
     first = next(it, None)
     if first is None:
@@ -243,6 +262,8 @@ def calibrate(
     refuse_double_equalization(record, _label(model), allow_equalized)
     require_batch_for_bn(net, opts.batch_size, cal.bn_mode)
     batches, _, loader = make_batches(net, data, opts, record, limit=opts.max_images)
+    if loader is not None:
+        require_batch_for_bn(net, opts.batch_size, cal.bn_mode, len(loader.source.paths))
     result = run_calibration(net, batches, cal, progress=progress)
     mean, std = normalization(net, opts, record)
     source = RecordSource(
@@ -284,6 +305,8 @@ def verify(
     if record is None:
         raise CheckpointError(f"{_label(model)} has no calibration record; pass weights written by calibrate")
     batches, _, loader = make_batches(net, data, opts, record, limit=opts.max_images)
+    images = len(loader.source.paths) if loader is not None else None
+    require_batch_for_bn(net, opts.batch_size, bn_mode or record.bn_mode, images)
     result = run_verify(net, batches, record, bn_mode)
     return Verified(result, record, input_size(net, opts, record), _skipped(loader))
 

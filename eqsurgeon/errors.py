@@ -44,10 +44,17 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
 
     >>> one_line(ValueError("bad shape\\nTraceback..."))
     'bad shape'
+    >>> one_line(ValueError("Caught DataError in DataLoader worker process 0.\\nOriginal Traceback (most "
+    ...                      "recent call last):\\n  File x\\neqsurgeon.errors.DataError: mask m.png is bad"))
+    'mask m.png is bad'
     """
     import re
 
     lines = [s for s in (ln.strip() for ln in str(exc).splitlines()) if s]
+    if len(lines) > 2 and lines[1].startswith("Original Traceback") and "DataLoader worker" in lines[0]:
+        # torch re-raises a loader worker's exception with its traceback as the message: keep the
+        # worker's own last line, without the "module.Type: " prefix
+        lines = [re.sub(r"^[\w.]*(Error|Exception|Warning)\w*: ", "", lines[-1])]
     text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", lines[0] if lines else type(exc).__name__)
     if len(text) <= limit:
         return text

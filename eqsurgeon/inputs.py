@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from eqsurgeon.errors import OptionError
+from eqsurgeon.errors import DataError, OptionError
 from eqsurgeon.images import IMAGENET_MEAN, IMAGENET_STD, LoaderOptions, model_input_size, model_normalization
 from eqsurgeon.records import CalibrationRecord
 
@@ -64,6 +64,7 @@ def make_batches(
     loader_options = LoaderOptions(
         size=input_size(net, opts, record), batch_size=opts.batch_size, mean=mean, std=std,
         workers=opts.workers, max_images=limit, seed=opts.seed, pin_memory=device.startswith("cuda"),
+        limits=opts.limits,
     )  # fmt: skip
     loader, _ = image_loader(data, loader_options)
     return _OnDevice(loader, device), str(data), loader
@@ -110,11 +111,19 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def require_batch_for_bn(net: nn.Module, batch_size: int, bn_mode: str) -> None:
+def require_batch_for_bn(net: nn.Module, batch_size: int, bn_mode: str, images: int | None = None) -> None:
+    """Refuse what BN on batch statistics cannot measure: one image per forward, or one image at all."""
     from eqsurgeon.measure import resolve_bn_mode
 
-    if batch_size < 2 and resolve_bn_mode(net, bn_mode) == "batch":
+    if resolve_bn_mode(net, bn_mode) != "batch":
+        return
+    if batch_size < 2:
         raise OptionError(
             "batch_size", batch_size, "is too small: BN on batch statistics needs 2 images per forward; "
             "use 2 or more, or bn_mode=eval",
         )  # fmt: skip
+    if images is not None and images < 2:
+        raise DataError(
+            f"the data has {images} usable image(s), but BN on batch statistics needs 2 per forward; "
+            "add images, or pass bn_mode=eval"
+        )
