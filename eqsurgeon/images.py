@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,14 @@ class ImageLimits:
         return None
 
 
+def open_image(path: Path | str) -> Image.Image:
+    """``Image.open`` (reads the header only) without PIL's DecompressionBombWarning: the caps here are
+    :class:`ImageLimits`, and a warning would be a second line next to the one-line error."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(path)
+
+
 def header_size(path: Path | str, limits: ImageLimits | None = None) -> tuple[int, int]:
     """(width, height) from an image's header, without decoding it; over ``limits``: a DataError.
 
@@ -94,7 +103,7 @@ def header_size(path: Path | str, limits: ImageLimits | None = None) -> tuple[in
     eqsurgeon.errors.DataError: cannot read image /nonexistent.png (FileNotFoundError: ...
     """
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             width, height = img.size
     except Exception as exc:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError...
         raise DataError(f"cannot read image {path} ({type(exc).__name__}: {one_line(exc)})") from None
@@ -235,7 +244,7 @@ def load_rgb(path: Path | str, limits: ImageLimits | None = None) -> Image.Image
     EXIF orientation is applied so the pixels are the way a viewer shows them. The header's size is
     checked against ``limits`` (default caps) before any pixel is decoded.
     """
-    with Image.open(path) as img:
+    with open_image(path) as img:
         problem = (limits or ImageLimits()).problem(*img.size)
         if problem is not None:
             raise DataError(f"image {path}: {problem}")
@@ -410,7 +419,7 @@ def _collate_drop_failed(
 def _header_problem(path: Path, limits: ImageLimits) -> str | None:
     # Image.open parses only the header; a zero-byte, non-image or header-broken file fails here.
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             width, height = img.size
     except Exception as exc:
         return f"{type(exc).__name__}: {one_line(exc)}"

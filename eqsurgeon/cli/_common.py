@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import typer
 from rich.console import Console
 
-from eqsurgeon.errors import EqSurgeonError, OptionError, one_line
+from eqsurgeon.errors import EqSurgeonError, OptionError, one_line, unwrap_worker
 
 console = Console(highlight=False)  # human output: stdout, or stderr when JSON goes to stdout
 err_console = Console(stderr=True, highlight=False)
@@ -84,8 +84,8 @@ def describe(exc: BaseException) -> tuple[int, str]:
     """(exit code, one line) for an exception reaching the boundary."""
     if isinstance(exc, OptionError):
         return EXIT_INPUT, in_flags(exc.render(flag(exc.name)))
-    if isinstance(exc, EqSurgeonError):
-        return EXIT_INPUT, in_flags(one_line(exc, limit=2000))
+    if isinstance(exc, EqSurgeonError):  # our own messages are one line already, paths and all
+        return EXIT_INPUT, in_flags(unwrap_worker(str(exc)))
     if isinstance(exc, typer.TyperException):  # a command's own BadParameter
         return EXIT_INPUT, exc.format_message()
     if isinstance(exc, OSError):
@@ -135,8 +135,9 @@ def fail(message: str, code: int) -> None:
 
 
 def say_error(message: str) -> None:
-    """Write ``error: message`` on stderr as one plain line (never rich markup)."""
-    sys.stderr.write(f"error: {printable(' '.join(message.split()))}\n")
+    """Write ``error: message`` on stderr as one plain line (never rich markup): line breaks and other
+    control characters, in a file name say, are shown escaped."""
+    sys.stderr.write(f"error: {printable(message.strip())}\n")
     sys.stderr.flush()
 
 

@@ -12,12 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from eqsurgeon.errors import DataError, one_line
-from eqsurgeon.images import ImageLimits, header_size
+from eqsurgeon.images import ImageLimits, header_size, open_image
 from eqsurgeon.training.transforms import sample_seed
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -136,7 +135,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
                 f"{size[0]}x{size[1]}; masks must match their image's size"
             )
         try:
-            with Image.open(image_path) as img:
+            with open_image(image_path) as img:
                 image = torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).contiguous()
         except Exception as exc:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError...
             why = f"{type(exc).__name__}: {one_line(exc)}"
@@ -162,7 +161,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
 def _read_mask(path: Path) -> torch.Tensor:
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             if img.mode not in ("L", "P"):
                 raise DataError(
                     f"mask {path} has mode {img.mode}; masks must be single-channel index PNGs (mode L or P)"
