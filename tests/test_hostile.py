@@ -351,7 +351,8 @@ CASES = [
         "analyze",
         "data-pixel-bomb",
         lambda ws: analyze("--data", _folder_of(ws, png_header, 8000, 6000)),
-        "48.0 MP", "40 MP cap (max_pixels)",
+        "48.0 MP",
+        "40 MP cap (max_pixels)",
     ),
     case(
         "calibrate",
@@ -589,9 +590,16 @@ CASES = [
     ),
     case(
         "train",
+        "resume-state-of-another-iteration",
+        lambda ws: [*train(ws, out=resave_state(ws.run(), lambda s: s.update(iter=99))), "--resume"],
+        "it says iteration 99, its name 6",
+    ),
+    case(
+        "train",
         "resume-state-without-optimizer",
         lambda ws: [*train(ws, out=resave_state(ws.run(), lambda s: s.pop("optimizer"))), "--resume"],
-        "optimizer missing or malformed",
+        "does not fit this run",
+        "KeyError",
     ),
     case(
         "train",
@@ -729,8 +737,9 @@ def test_a_worker_error_is_the_same_line_as_in_the_main_process(shared: Shared, 
 def test_a_late_failure_leaves_no_run_folder_and_the_fixed_run_starts(shared: Shared, tmp_path: Path) -> None:
     ws = Workspace(tmp_path, shared)
     # the model predicts 3 classes, the data has 5: found at the first iteration, after the folder was made
-    assert_error(invoke(*train(ws, "model.kwargs.num_classes=3")), 2, "predicts 3 classes")
-    assert not (ws / "run").exists()
+    nested = ws / "runs" / "a" / "run"
+    assert_error(invoke(*train(ws, "model.kwargs.num_classes=3", out=nested)), 2, "predicts 3 classes")
+    assert not (ws / "runs").exists()  # the folders it made on the way are gone too
     assert_ok(invoke(*train(ws, "schedule.iters=2", "checkpoint.interval=2", "eval.interval=0")))
     assert (ws / "run" / "ckpt_0000002.safetensors").is_file()
 

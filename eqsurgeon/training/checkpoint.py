@@ -107,6 +107,7 @@ def load_state(files: CheckpointFiles) -> dict[str, Any]:
     if not isinstance(state, dict):
         state = {}
     wrong = [k for k, kind in _STATE_KEYS.items() if not isinstance(state.get(k), kind)]
+    wrong += [k for k in ("optimizer", "scheduler", "scaler") if not isinstance(state.get(k, {}), dict)]
     if wrong or state["iter"] != files.iteration:
         what = (
             f"{', '.join(wrong)} missing or malformed"
@@ -119,7 +120,7 @@ def load_state(files: CheckpointFiles) -> dict[str, Any]:
     return state
 
 
-_STATE_KEYS = {"iter": int, "optimizer": dict, "scheduler": dict, "scaler": dict, "rng": list}
+_STATE_KEYS = {"iter": int, "rng": list}  # read first; the rest is checked as it is loaded (restore)
 
 
 def restore(files: CheckpointFiles, state: dict[str, Any], objects: dict[str, Any], rank: int) -> None:

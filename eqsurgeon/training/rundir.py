@@ -96,6 +96,8 @@ def removed_on_failure(run_dir: Path, enabled: bool = True) -> Iterator[None]:
     kept, and so is everything once a checkpoint exists (``--resume`` continues from it).
     """
     before = set(run_dir.iterdir()) if run_dir.is_dir() else None
+    made = [run_dir, *run_dir.parents]  # the folders this start may create: up to the first that exists
+    made = made[: next((i for i, p in enumerate(made) if p.exists()), len(made))]
     try:
         yield
     except BaseException:
@@ -105,8 +107,9 @@ def removed_on_failure(run_dir: Path, enabled: bool = True) -> Iterator[None]:
                     shutil.rmtree(path, ignore_errors=True)
                 else:
                     path.unlink(missing_ok=True)
-            if before is None and not any(run_dir.iterdir()):
-                run_dir.rmdir()
+            for folder in made:  # innermost first; only the ones this start created, and only if empty
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
         raise
 
 
