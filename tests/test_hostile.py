@@ -522,6 +522,13 @@ CASES = [
         "eval.stride",
     ),
     # -- training: the run folder, --init, --resume, bad files in loader workers
+    case(
+        "train",
+        "train-data-is-a-file",
+        lambda ws: train(ws, data=ws.file("d.zip", "x")),
+        "is a file",
+        "--data",
+    ),
     case("train", "out-is-a-file", lambda ws: train(ws, out=ws.file("run", "x")), "is a file", "run.out"),
     case(
         "train",

@@ -58,6 +58,8 @@ def find_samples(root: Path, split: str, fmt: str = "auto") -> SampleList:
     eqsurgeon.errors.DataError: data folder /nonexistent does not exist ...
     """
     root = Path(root)
+    if root.is_file():
+        raise DataError(f"data folder {root} is a file; pass the dataset folder with --data")
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist; pass an existing folder with --data")
     if fmt not in FORMATS:
