@@ -26,7 +26,8 @@ from torch import nn
 from eqsurgeon.calibration import CalibrationOptions, CalibrationResult, Progress, RecordSource, build_record
 from eqsurgeon.checking import DEFAULT_MAX_RATIO, CheckResult
 from eqsurgeon.errors import EqSurgeonError, OptionError, check_choice, check_range
-from eqsurgeon.images import MAX_ASPECT, MAX_PIXELS, ImageLimits, Skipped
+from eqsurgeon.image_caps import MAX_ASPECT, MAX_PIXELS, ImageLimits
+from eqsurgeon.images import Skipped
 from eqsurgeon.inputs import (
     input_size,
     make_batches,

@@ -27,9 +27,8 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,78 +40,11 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as tvf
 
 from eqsurgeon.errors import DataError, OptionError, check_range, one_line
+from eqsurgeon.image_caps import MAX_COVER, ImageLimits, header_size, open_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-MAX_PIXELS = 40_000_000  # 40 MP, a 7700×5200 photo: 120 MB decoded as RGB
-MAX_ASPECT = 50.0  # longer side over shorter side
-_MAX_COVER = 8  # a resize to cover the input size may take at most this many times max_pixels
-
-
-@dataclass(frozen=True)
-class ImageLimits:
-    """What an image may declare in its header before it is decoded: caps on memory, checked cheaply.
-
-    Attributes:
-        max_pixels: width × height at most this.
-        max_aspect: longer side / shorter side at most this.
-
-    >>> ImageLimits().problem(1, 100_000)
-    '1x100000 pixels have aspect 1:100000, over the 1:50 cap (max_aspect)'
-    """
-
-    max_pixels: int = MAX_PIXELS
-    max_aspect: float = MAX_ASPECT
-
-    def __post_init__(self) -> None:
-        check_range("max_pixels", self.max_pixels, 0)
-        check_range("max_aspect", self.max_aspect, 0.999999)
-
-    def problem(self, width: int, height: int) -> str | None:
-        """Why an image of this size is refused, or None."""
-        if width < 1 or height < 1:
-            return "image has zero size"
-        if width * height > self.max_pixels:
-            return (
-                f"{width}x{height} pixels are {width * height / 1e6:.1f} MP, over the "
-                f"{self.max_pixels / 1e6:g} MP cap (max_pixels)"
-            )
-        if max(width, height) / min(width, height) > self.max_aspect:
-            return (
-                f"{width}x{height} pixels have aspect 1:{max(width, height) / min(width, height):.0f}, "
-                f"over the 1:{self.max_aspect:g} cap (max_aspect)"
-            )
-        return None
-
-
-def open_image(path: Path | str) -> Image.Image:
-    """``Image.open`` (reads the header only) without PIL's DecompressionBombWarning: the caps here are
-    :class:`ImageLimits`, and a warning would be a second line next to the one-line error."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        return Image.open(path)
-
-
-def header_size(path: Path | str, limits: ImageLimits | None = None) -> tuple[int, int]:
-    """(width, height) from an image's header, without decoding it; over ``limits``: a DataError.
-
-    >>> header_size("/nonexistent.png")  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    eqsurgeon.errors.DataError: cannot read image /nonexistent.png (FileNotFoundError: ...
-    """
-    try:
-        with open_image(path) as img:
-            width, height = img.size
-    except Exception as exc:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError...
-        raise DataError(f"cannot read image {path} ({type(exc).__name__}: {one_line(exc)})") from None
-    problem = (limits or ImageLimits()).problem(width, height)
-    if problem is not None:
-        raise DataError(f"image {path}: {problem}; remove it or raise the cap")
-    return width, height
-
-
 @dataclass(frozen=True)
 class LoaderOptions:
     """How :func:`image_loader` reads a folder.
@@ -138,7 +70,7 @@ class LoaderOptions:
     max_images: int | None = None
     seed: int = 0
     pin_memory: bool | None = None
-    limits: ImageLimits = ImageLimits()
+    limits: ImageLimits = field(default_factory=ImageLimits)
 
     def __post_init__(self) -> None:
         check_range("batch_size", self.batch_size, 0)
@@ -317,7 +249,7 @@ class ImageDataset(Dataset):
             width, height = header_size(path, self.limits)  # caps first: nothing decoded yet
             # either orientation: EXIF may turn the image
             needed = max(math.prod(_cover(self.size, hw)) for hw in ((height, width), (width, height)))
-            if needed > _MAX_COVER * self.limits.max_pixels:
+            if needed > MAX_COVER * self.limits.max_pixels:
                 raise DataError(
                     f"{width}x{height} pixels would be resized to {needed / 1e6:.0f} MP to cover the input "
                     f"size {self.size[0]}x{self.size[1]}; use a smaller input size"

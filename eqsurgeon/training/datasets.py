@@ -6,7 +6,7 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
-from eqsurgeon.images import ImageLimits
+from eqsurgeon.image_caps import ImageLimits
 from eqsurgeon.training.config import TrainConfig
 from eqsurgeon.training.segmentation import SegmentationDataset, find_samples
 from eqsurgeon.training.synthetic import SyntheticDataset

@@ -16,7 +16,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from eqsurgeon.errors import DataError, one_line
-from eqsurgeon.images import ImageLimits, header_size, open_image
+from eqsurgeon.image_caps import ImageLimits, header_size, open_image
 from eqsurgeon.training.transforms import sample_seed
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
