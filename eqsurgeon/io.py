@@ -294,14 +294,18 @@ def fit_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source: 
             f"checkpoint {source} does not fit the model: {'; '.join(parts)}; "
             "pass the checkpoint that belongs to this model and its factory arguments"
         )
-    check_tensors(state, own, source)
+    check_tensors(state, own, source, {name for name, _ in model.named_parameters()})
     model.load_state_dict(state, strict=True)
 
 
 def check_tensors(
-    state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor], source: Path | str
+    state: Mapping[str, torch.Tensor],
+    own: Mapping[str, torch.Tensor],
+    source: Path | str,
+    parameters: set[str] | frozenset[str] = frozenset(),
 ) -> None:
-    """Refuse a checkpoint whose dtypes cannot stand for the model's, or which holds NaN or inf."""
+    """Refuse a checkpoint whose dtypes cannot stand for the model's, or which holds NaN anywhere or inf
+    in a parameter (buffers may hold ±inf on purpose, e.g. attention masks)."""
     for key, tensor in state.items():
         mine = own[key].dtype
         exact = tensor.dtype.is_floating_point or tensor.dtype.is_complex
@@ -310,7 +314,10 @@ def check_tensors(
                 f"checkpoint {source} stores {key} as {tensor.dtype} where the model holds {mine}; "
                 "loading would cast it silently: save the weights as floating point"
             )
-    bad = [k for k, t in state.items() if _is_real(t) and not t.isfinite().all()]
+    bad = [
+        k for k, t in state.items()
+        if _is_real(t) and (t.isnan().any() or (k in parameters and not t.isfinite().all()))
+    ]  # fmt: skip
     if bad:
         raise CheckpointError(
             f"checkpoint {source} holds NaN or infinite values in {len(bad)} tensor(s) (e.g. "

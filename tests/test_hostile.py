@@ -317,6 +317,22 @@ CASES = [
         "channels must be [start, stop)",
     ),
     case(
+        "analyze",
+        "inf-weights",
+        lambda ws: analyze(
+            "--checkpoint", ws.checkpoint("w.safetensors", lambda s: s["fuse.bias"].fill_(math.inf))
+        ),
+        "NaN or infinite values in 1 tensor(s) (e.g. fuse.bias)",
+    ),
+    case(
+        "analyze",
+        "nan-running-var",
+        lambda ws: analyze(
+            "--checkpoint", ws.checkpoint("w.safetensors", lambda s: s["a.1.running_var"].fill_(math.nan))
+        ),
+        "e.g. a.1.running_var",
+    ),
+    case(
         "check",
         "nan-weights-check",
         lambda ws: [

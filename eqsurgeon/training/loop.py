@@ -154,7 +154,7 @@ def _train(cfg: TrainConfig, resume: bool, on_log: LogFn, info: distributed.Dist
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.run.amp == "fp16")
     if state is not None:
         objects = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
-        restore(ckpt, state, objects, info.rank)  # type: ignore[arg-type]
+        restore(ckpt, state, objects, info.rank)
         if info.is_main:
             rundir.truncate_metrics(run_dir, start_iter)
 
