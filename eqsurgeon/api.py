@@ -119,6 +119,8 @@ def analyze(
     net, record, name = materialize(model, opts)
     require_batch_for_bn(net, opts.batch_size, how.bn_mode)
     batches, source, loader = make_batches(net, data, opts, record, limit=opts.batch_size * opts.batches)
+    if loader is not None:
+        require_batch_for_bn(net, opts.batch_size, how.bn_mode, len(loader.source.paths))
     it = iter(batches)
     first = next(it, None)
     if first is None:
@@ -195,6 +197,8 @@ def calibrate(
     refuse_double_equalization(record, _label(model), allow_equalized)
     require_batch_for_bn(net, opts.batch_size, cal.bn_mode)
     batches, _, loader = make_batches(net, data, opts, record, limit=opts.max_images)
+    if loader is not None:
+        require_batch_for_bn(net, opts.batch_size, cal.bn_mode, len(loader.source.paths))
     result = run_calibration(net, batches, cal, progress=progress)
     mean, std = normalization(net, opts, record)
     source = RecordSource(
@@ -236,6 +240,8 @@ def verify(
     if record is None:
         raise CheckpointError(f"{_label(model)} has no calibration record; pass weights written by calibrate")
     batches, _, loader = make_batches(net, data, opts, record, limit=opts.max_images)
+    images = len(loader.source.paths) if loader is not None else None
+    require_batch_for_bn(net, opts.batch_size, bn_mode or record.bn_mode, images)
     result = run_verify(net, batches, record, bn_mode)
     return Verified(result, record, input_size(net, opts, record), _skipped(loader))
 

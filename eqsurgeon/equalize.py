@@ -37,6 +37,12 @@ from eqsurgeon.modules import ScaleEqualizer
 
 # A std this small relative to the mean is a constant feature measured with float round-off.
 _ZERO_STD_REL = 1e-6
+# A std this small relative to the largest std of its site is a constant feature too. Measured on an
+# untrained upernet_tiny fed all-black images, the PPM branches' round-off σ were 7.6e-6 to 2.2e-4 of the
+# backbone input's σ (1.0), and folding them scaled weights by up to 131,789. Real sites differ far less:
+# the largest input variance ratio measured (DESIGN.md) is 4.5, a σ ratio of 2.1. A threshold of 1e-3
+# (a variance ratio of 1e6) sits 4.5× above the worst round-off seen and 475× below the widest real gap.
+SITE_STD_REL = 1e-3
 
 
 @dataclass(frozen=True)
@@ -57,13 +63,19 @@ class ScaleDecision:
 
 
 def compute_scales(stats: Sequence[InputStat]) -> ScaleDecision:
-    """The scale 1/σ_i of each input, refusing a σ that is 0, NaN or infinite (never divided by).
+    """The scale 1/σ_i of each input, refusing a σ that is 0, NaN or infinite (never divided by), or
+    below ``SITE_STD_REL`` (1e-3) of the largest σ of the site: a constant feature, such as the global
+    branches on blank images, whose round-off σ would multiply its weights by thousands.
 
     >>> compute_scales([InputStat((0, 2), 0.4, 0.5), InputStat((2, 4), 0.1, 0.25)])
     ScaleDecision(scales=(2.0, 4.0), reason=None)
     >>> compute_scales([InputStat((0, 2), 1.0, 0.0)]).reason
     'input 0 (channels 0:2) has zero variance (a constant feature); dividing by its std would blow up'
+    >>> tiny = [InputStat((0, 2), 0.0, 1.0), InputStat((2, 4), 0.0, 1e-5)]
+    >>> compute_scales(tiny).reason  # doctest: +ELLIPSIS
+    'input 1 (channels 2:4) has std 1e-05, 1e-05 of the largest std of the site (1); a constant feature...'
     """
+    top = max((st.std for st in stats if math.isfinite(st.std)), default=0.0)
     scales = []
     for i, st in enumerate(stats):
         where = f"input {i} (channels {st.channels[0]}:{st.channels[1]})"
@@ -72,6 +84,13 @@ def compute_scales(stats: Sequence[InputStat]) -> ScaleDecision:
         if st.std <= _ZERO_STD_REL * max(1.0, abs(st.mean)):
             return ScaleDecision(
                 None, f"{where} has zero variance (a constant feature); dividing by its std would blow up"
+            )
+        if st.std < SITE_STD_REL * top:
+            return ScaleDecision(
+                None,
+                f"{where} has std {st.std:.3g}, {st.std / top:.2g} of the largest std of the site "
+                f"({top:.3g}); a constant feature (blank or uniform images?) whose 1/std would scale its "
+                f"weights ×{1 / st.std:,.0f}: calibrate on varied images",
             )
         scale = 1.0 / st.std
         if not math.isfinite(scale):

@@ -44,16 +44,36 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
 
     >>> one_line(ValueError("bad shape\\nTraceback..."))
     'bad shape'
+    >>> one_line(ValueError("Caught DataError in DataLoader worker process 0.\\nOriginal Traceback (most "
+    ...                      "recent call last):\\n  File x\\neqsurgeon.errors.DataError: mask m.png is bad"))
+    'mask m.png is bad'
     """
     import re
 
-    lines = [s for s in (ln.strip() for ln in str(exc).splitlines()) if s]
+    lines = [s for s in (ln.strip() for ln in unwrap_worker(str(exc)).split("\n")) if s]
     text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", lines[0] if lines else type(exc).__name__)
     if len(text) <= limit:
         return text
     cut = text[:limit]
     end = max(cut.rfind(". "), cut.rfind("; "))
     return cut[: end + 1] if end > limit // 3 else cut.rstrip() + "…"
+
+
+def unwrap_worker(message: str) -> str:
+    """A DataLoader worker's own message: torch re-raises a worker's exception in the main process with
+    the worker's traceback as its message; the last line, less its ``module.Type: `` prefix, is what the
+    worker said. Other messages come back unchanged.
+
+    >>> unwrap_worker("Caught DataError in DataLoader worker process 0.\\nOriginal Traceback (most recent "
+    ...               "call last):\\n  File x\\neqsurgeon.errors.DataError: mask m.png is bad")
+    'mask m.png is bad'
+    """
+    import re
+
+    lines = [s for s in (ln.strip() for ln in message.split("\n")) if s]
+    if len(lines) > 2 and lines[1].startswith("Original Traceback") and "DataLoader worker" in lines[0]:
+        return re.sub(r"^[\w.]*(Error|Exception|Warning|Interrupt|Exit)\w*: ", "", lines[-1])
+    return message
 
 
 class OptionError(EqSurgeonError):

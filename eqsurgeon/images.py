@@ -4,7 +4,9 @@ The order of images is a pure function of the folder contents and the seed, so t
 gives the same statistics. Corrupt files never crash a run:
 
 - ``scan_images`` opens each file's header (cheap: PIL reads only the first bytes). Files that are not
-  images or whose header is broken are skipped there, before any worker starts.
+  images or whose header is broken are skipped there, before any worker starts, and so are images over
+  the pixel or aspect cap (:class:`ImageLimits`): a 370-byte PNG can declare 1×100000 pixels, whose
+  resize to cover 512×512 would take gigabytes. The caps are checked again before each decode.
 - A file whose header is fine but whose pixel data is broken (a truncated JPEG, a bad PNG chunk) only
   fails when decoded, inside a loader worker. The dataset returns a sentinel instead of raising, the
   collate function drops it and passes its path along, and ``ImageLoader`` records it in ``skipped``.
@@ -24,8 +26,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,13 +38,12 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as tvf
 
-from eqsurgeon.errors import DataError, OptionError, check_range
+from eqsurgeon.errors import DataError, OptionError, check_range, one_line
+from eqsurgeon.image_caps import MAX_COVER, ImageLimits, header_size, open_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
 @dataclass(frozen=True)
 class LoaderOptions:
     """How :func:`image_loader` reads a folder.
@@ -56,6 +58,7 @@ class LoaderOptions:
         seed: seeds the shuffle of the sorted file list, so a ``max_images`` subset is a random sample of
             the folder rather than its alphabetically first files, and equal seeds give equal orders.
         pin_memory: pin batches for faster host-to-GPU copies; default: when CUDA is available.
+        limits: pixel and aspect caps, checked on each header before decoding.
     """
 
     size: tuple[int, int] = (512, 512)
@@ -66,6 +69,7 @@ class LoaderOptions:
     max_images: int | None = None
     seed: int = 0
     pin_memory: bool | None = None
+    limits: ImageLimits = field(default_factory=ImageLimits)
 
     def __post_init__(self) -> None:
         check_range("batch_size", self.batch_size, 0)
@@ -111,15 +115,17 @@ class ImageSource:
         digest = hashlib.sha256()
         for path in sorted(self.paths):  # the folder's identity, not the seeded reading order
             rel = path.relative_to(self.root) if self.root else path
-            digest.update(f"{rel.as_posix()}\0{path.stat().st_size}\n".encode())
+            # a file name's bytes: names need not be UTF-8 (os.fsencode restores the undecodable bytes)
+            digest.update(os.fsencode(rel.as_posix()) + f"\0{path.stat().st_size}\n".encode())
         return digest.hexdigest()[:16]
 
 
-def scan_images(root: Path | str) -> ImageSource:
+def scan_images(root: Path | str, limits: ImageLimits | None = None) -> ImageSource:
     """Find every image below ``root`` (recursively, sorted by relative path) and check its header.
 
     Args:
         root: folder to walk; extensions matched case-insensitively (jpg/jpeg/png/bmp/webp/tif/tiff).
+        limits: pixel and aspect caps; larger images are skipped, with the reason.
 
     Returns:
         The readable images and the skipped files.
@@ -133,6 +139,8 @@ def scan_images(root: Path | str) -> ImageSource:
     eqsurgeon.errors.DataError: image folder /nonexistent not found; pass a folder of jpg/png images
     """
     root = Path(root)
+    if root.is_file():
+        raise DataError(f"{root} is a file; pass the folder of jpg/png images that holds it")
     if not root.is_dir():
         raise DataError(f"image folder {root} not found; pass a folder of jpg/png images")
     candidates = sorted(
@@ -142,13 +150,17 @@ def scan_images(root: Path | str) -> ImageSource:
     paths: list[Path] = []
     skipped: list[Skipped] = []
     for path in candidates:
-        reason = _header_problem(path)
+        reason = _header_problem(path, limits or ImageLimits())
         if reason is None:
             paths.append(path)
         else:
             skipped.append(Skipped(path, reason))
     if not paths:
-        what = f"{len(skipped)} unreadable file(s), e.g. {skipped[0].path.name}" if skipped else "no image"
+        what = (
+            f"{len(skipped)} unreadable file(s), e.g. {skipped[0].path.name}: {skipped[0].reason}"
+            if skipped
+            else "no image"
+        )
         raise DataError(
             f"no usable image in {root} ({what}); pass a folder of "
             f"{'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} images"
@@ -156,13 +168,17 @@ def scan_images(root: Path | str) -> ImageSource:
     return ImageSource(tuple(paths), tuple(skipped), root)
 
 
-def load_rgb(path: Path | str) -> Image.Image:
+def load_rgb(path: Path | str, limits: ImageLimits | None = None) -> Image.Image:
     """Decode an image file to 8-bit RGB: grayscale, RGBA, palette, CMYK and 16-bit all become RGB.
 
     16-bit data is scaled (65535 -> 255), not clipped; alpha is dropped (the stored colour is kept);
-    EXIF orientation is applied so the pixels are the way a viewer shows them.
+    EXIF orientation is applied so the pixels are the way a viewer shows them. The header's size is
+    checked against ``limits`` (default caps) before any pixel is decoded.
     """
-    with Image.open(path) as img:
+    with open_image(path) as img:
+        problem = (limits or ImageLimits()).problem(*img.size)
+        if problem is not None:
+            raise DataError(f"image {path}: {problem}")
         img = ImageOps.exif_transpose(img)
         if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
             # PIL's convert("RGB") clips these to 255, so a 16-bit image would come out almost white.
@@ -180,10 +196,16 @@ class ImageDataset(Dataset):
     """Images as normalized float tensors [3, h, w]; a failed decode yields a ``(None, reason)`` sentinel."""
 
     def __init__(
-        self, paths: Sequence[Path], size: tuple[int, int], mean: Sequence[float], std: Sequence[float]
+        self,
+        paths: Sequence[Path],
+        size: tuple[int, int],
+        mean: Sequence[float],
+        std: Sequence[float],
+        limits: ImageLimits | None = None,
     ) -> None:
         self.paths = list(paths)
         self.size = (int(size[0]), int(size[1]))
+        self.limits = limits or ImageLimits()
         self.finish = v2.Compose(
             [
                 v2.CenterCrop(list(self.size)),
@@ -196,16 +218,21 @@ class ImageDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor | None, str]:
+        path = self.paths[index]
         try:
-            image = tvf.pil_to_tensor(load_rgb(self.paths[index]))  # uint8 [3, H, W]
+            width, height = header_size(path, self.limits)  # caps first: nothing decoded yet
+            # either orientation: EXIF may turn the image
+            needed = max(math.prod(_cover(self.size, hw)) for hw in ((height, width), (width, height)))
+            if needed > MAX_COVER * self.limits.max_pixels:
+                raise DataError(
+                    f"{width}x{height} pixels would be resized to {needed / 1e6:.0f} MP to cover the input "
+                    f"size {self.size[0]}x{self.size[1]}; use a smaller input size"
+                )
+            image = tvf.pil_to_tensor(load_rgb(path, self.limits))  # uint8 [3, H, W]
         except Exception as exc:  # any decoder error: PIL raises OSError, ValueError, SyntaxError...
-            return None, f"{self.paths[index]}\0{type(exc).__name__}: {exc}"
-        h, w = self.size
-        height, width = image.shape[-2:]
+            return None, f"{path}\0{type(exc).__name__}: {one_line(exc)}"
         # Scale so the image covers (h, w) with its aspect ratio kept, then crop the centre.
-        scale = max(h / height, w / width)
-        cover = [max(h, math.ceil(height * scale - 1e-6)), max(w, math.ceil(width * scale - 1e-6))]
-        image = tvf.resize(image, cover, antialias=True)
+        image = tvf.resize(image, _cover(self.size, tuple(image.shape[-2:])), antialias=True)
         return self.finish(image), ""
 
 
@@ -261,11 +288,13 @@ def image_loader(
     eqsurgeon.errors.DataError: image folder /nonexistent not found; pass a folder of jpg/png images
     """
     o = options or LoaderOptions()
-    source = root_or_source if isinstance(root_or_source, ImageSource) else scan_images(root_or_source)
+    source = (
+        root_or_source if isinstance(root_or_source, ImageSource) else scan_images(root_or_source, o.limits)
+    )
     order = torch.randperm(len(source.paths), generator=torch.Generator().manual_seed(o.seed)).tolist()
     paths = tuple(source.paths[i] for i in order)[: o.max_images or None]
     source = ImageSource(paths, source.skipped, source.root)
-    dataset = ImageDataset(paths, o.size, o.mean, o.std)
+    dataset = ImageDataset(paths, o.size, o.mean, o.std, o.limits)
     loader = ImageLoader(
         dataset,
         source,
@@ -277,6 +306,13 @@ def image_loader(
     return loader, source
 
 
+def _cover(size: tuple[int, int], image: tuple[int, int]) -> list[int]:
+    # The (h, w) an image of (height, width) is resized to so it covers ``size`` with its aspect kept.
+    (h, w), (height, width) = size, image
+    scale = max(h / height, w / width)
+    return [max(h, math.ceil(height * scale - 1e-6)), max(w, math.ceil(width * scale - 1e-6))]
+
+
 def _collate_drop_failed(
     items: list[tuple[torch.Tensor | None, str]],
 ) -> tuple[torch.Tensor | None, list[tuple[str, str]]]:
@@ -286,11 +322,12 @@ def _collate_drop_failed(
     return (torch.stack(images) if images else None), failures  # type: ignore[return-value]
 
 
-def _header_problem(path: Path) -> str | None:
+def _header_problem(path: Path, limits: ImageLimits) -> str | None:
     # Image.open parses only the header; a zero-byte, non-image or header-broken file fails here.
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             width, height = img.size
-        return None if width > 0 and height > 0 else "image has zero size"
     except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
+        return f"{type(exc).__name__}: {one_line(exc)}"
+    return limits.problem(width, height)
+

@@ -16,11 +16,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from eqsurgeon.errors import OptionError, check_range
+from eqsurgeon.errors import DataError, OptionError, check_range
+from eqsurgeon.image_caps import MAX_ASPECT, MAX_PIXELS, ImageLimits
 from eqsurgeon.images import IMAGENET_MEAN, IMAGENET_STD, LoaderOptions
 from eqsurgeon.records import CalibrationRecord
 
 MAX_SIDE = 16384  # a larger input side is a typo, and its activations would not fit in memory
+MAX_INPUT_PIXELS = 2**26  # 64 MP per image (8192×8192): a batch of 8 is 6 GiB of input alone
+MAX_SEED = 2**63 - 1  # torch.manual_seed's range
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,8 @@ class DataOptions:
         std: likewise for the std.
         seed: seeds model initialization, synthetic input and image sampling.
         device: "auto" (cuda when available), "cpu", "cuda" or "cuda:N".
+        max_pixels: images whose header declares more pixels are skipped before decoding.
+        max_aspect: likewise for images longer than this on one side than the other.
     """
 
     input_size: tuple[int, int] | None = None
@@ -65,17 +70,30 @@ class DataOptions:
     std: tuple[float, ...] | None = None
     seed: int = 0
     device: str = "auto"
+    max_pixels: int = MAX_PIXELS
+    max_aspect: float = MAX_ASPECT
 
     def __post_init__(self) -> None:
-        check_range("batch_size", self.batch_size, 0)
+        check_range("batch_size", self.batch_size, 0, 65536)
         check_range("batches", self.batches, 0)
-        check_range("workers", self.workers, -1)
+        check_range("workers", self.workers, -1, 1025)
+        if not 0 <= self.seed <= MAX_SEED:
+            raise OptionError("seed", self.seed, "is out of range; use 0 to 2**63 - 1")
         if self.max_images is not None:
             check_range("max_images", self.max_images, 0)
         if self.input_size is not None and not (
             len(self.input_size) == 2 and all(1 <= s <= MAX_SIDE for s in self.input_size)
         ):
             raise OptionError("input_size", self.input_size, f"needs two sides from 1 to {MAX_SIDE}")
+        if self.input_size is not None and self.input_size[0] * self.input_size[1] > MAX_INPUT_PIXELS:
+            over = f"is over {MAX_INPUT_PIXELS / 1e6:.0f} MP per image; use fewer pixels"
+            raise OptionError("input_size", self.input_size, over)
+        ImageLimits(self.max_pixels, self.max_aspect)  # checks both
+
+    @property
+    def limits(self) -> ImageLimits:
+        """The image caps as the image loader takes them."""
+        return ImageLimits(self.max_pixels, self.max_aspect)
 
 
 def synthetic_batches(
@@ -118,6 +136,7 @@ def make_batches(
     loader_options = LoaderOptions(
         size=input_size(net, opts, record), batch_size=opts.batch_size, mean=mean, std=std,
         workers=opts.workers, max_images=limit, seed=opts.seed, pin_memory=device.startswith("cuda"),
+        limits=opts.limits,
     )  # fmt: skip
     loader, _ = image_loader(data, loader_options)
     return _OnDevice(loader, device), str(data), loader
@@ -164,14 +183,22 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def require_batch_for_bn(net: nn.Module, batch_size: int, bn_mode: str) -> None:
+def require_batch_for_bn(net: nn.Module, batch_size: int, bn_mode: str, images: int | None = None) -> None:
+    """Refuse what BN on batch statistics cannot measure: one image per forward, or one image at all."""
     from eqsurgeon.measure import resolve_bn_mode
 
-    if batch_size < 2 and resolve_bn_mode(net, bn_mode) == "batch":
+    if resolve_bn_mode(net, bn_mode) != "batch":
+        return
+    if batch_size < 2:
         raise OptionError(
             "batch_size", batch_size, "is too small: BN on batch statistics needs 2 images per forward; "
             "use 2 or more, or bn_mode=eval",
         )  # fmt: skip
+    if images is not None and images < 2:
+        raise DataError(
+            f"the data has {images} usable image(s), but BN on batch statistics needs 2 per forward; "
+            "add images, or pass bn_mode=eval"
+        )
 
 
 def model_normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]] | None:

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from eqsurgeon.errors import CheckpointError, OutputExistsError, one_line
-from eqsurgeon.records import CalibrationRecord, InputRecord, SiteRecord
+from eqsurgeon.records import CalibrationRecord, InputRecord, SiteRecord, validate_record
 from eqsurgeon.stats import finite
 
 METADATA_KEY = "eqsurgeon"
@@ -43,8 +43,10 @@ CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 def atomic_write(path: Path | str, write: Callable[[BinaryIO], object]) -> Path:
     """Call ``write(binary file)`` on a temporary file next to ``path``, fsync, then rename it into place.
 
-    The temporary file is removed on any failure, KeyboardInterrupt included; the file gets the mode a
-    plain ``open`` would give it (0666 less the umask).
+    The temporary file, ``.{name}.{pid}.tmp``, is removed on any failure, KeyboardInterrupt included;
+    ones that a killed process left (its pid is gone) are removed when ``path`` is next written. The file
+    gets the mode a plain ``open`` would give it (0666 less the umask). An OS error (a full or read-only
+    disk) names ``path``.
 
     >>> import tempfile
     >>> p = atomic_write(Path(tempfile.mkdtemp()) / "a.bin", lambda f: f.write(b"hi"))
@@ -52,6 +54,7 @@ def atomic_write(path: Path | str, write: Callable[[BinaryIO], object]) -> Path:
     b'hi'
     """
     path = Path(path)
+    remove_stale_temps(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as fh:
@@ -59,10 +62,52 @@ def atomic_write(path: Path | str, write: Callable[[BinaryIO], object]) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.filename is None or Path(exc.filename) == tmp:  # say which output failed, not its temp
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def remove_stale_temps(path: Path | str) -> list[Path]:
+    """Remove the ``.{name}.{pid}.tmp`` files of ``path`` whose writer is no longer alive; return them.
+
+    A SIGKILL or power loss during :func:`atomic_write` leaves such a file behind (the output itself
+    is intact). A temp file of a live process, another run writing the same output, is left alone.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp()); (d / ".x.bin.999999999.tmp").write_bytes(b"half")
+    4
+    >>> [p.name for p in remove_stale_temps(d / "x.bin")]
+    ['.x.bin.999999999.tmp']
+    """
+    path = Path(path)
+    prefix, suffix = f".{path.name}.", ".tmp"
+    try:
+        names = [e.name for e in os.scandir(path.parent) if e.name.startswith(prefix)]
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        pid = name[len(prefix) : -len(suffix)]
+        if name.endswith(suffix) and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            (path.parent / name).unlink(missing_ok=True)
+            removed.append(path.parent / name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:  # it exists, owned by another user
+        return True
+    return True
 
 
 def write_json(path: Path | str, data: Any) -> Path:
@@ -80,15 +125,17 @@ def check_output(path: Path | str, force: bool, suffixes: tuple[str, ...] = ()) 
     eqsurgeon.errors.OutputExistsError: output folder /nonexistent-dir does not exist; create it first
     """
     path = Path(path)
+    if path.parent.exists() and not path.parent.is_dir():
+        raise OutputExistsError(f"{path.parent} is a file, not a folder; choose another path")
     if not path.parent.is_dir():
         raise OutputExistsError(f"output folder {path.parent} does not exist; create it first")
     if path.is_dir():
         raise OutputExistsError(f"{path} is a folder; name a file inside it")
     if path.exists() and not force:
-        raise OutputExistsError(f"{path} already exists; choose another path or pass force=True")
+        raise OutputExistsError(f"{path} already exists; choose another path or pass force=True to replace")
     if suffixes and path.suffix not in suffixes:
         raise OutputExistsError(f"{path} must end in {' or '.join(suffixes)}")
-    if not os.access(path.parent, os.W_OK):
+    if not os.access(path.parent, os.W_OK | os.X_OK):
         raise OutputExistsError(f"output folder {path.parent} is not writable; choose another")
     return path
 
@@ -167,8 +214,10 @@ def record_from_header(header: Mapping[str, str], source: Path | str = "") -> Ca
     if not text:
         return None
     try:
-        return record_from_json(text)
-    except (ValueError, TypeError, KeyError) as exc:
+        record = record_from_json(text)
+        validate_record(record)
+        return record
+    except Exception as exc:  # any shape of broken JSON: wrong types, missing keys, nesting
         raise CheckpointError(
             f"{source or 'the checkpoint'} has a malformed eqsurgeon record ({one_line(exc)}); "
             "recalibrate from the original weights"
@@ -221,7 +270,18 @@ def record_from_json(text: str) -> CalibrationRecord:
 
 
 def fit_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source: Path | str) -> None:
-    """``load_state_dict(strict=True)`` with a one-line error naming the keys that do not fit."""
+    """``load_state_dict(strict=True)`` with a one-line error naming the keys that do not fit.
+
+    Refused as well, since loading would hide them: integer or bool tensors where the model holds
+    floats (``load_state_dict`` would cast them without a word), and NaN or infinite values (a diverged
+    run's weights evaluate to a normal-looking but meaningless mIoU).
+
+    >>> state = {"weight": torch.ones(1, 1, dtype=torch.int64), "bias": torch.ones(1)}
+    >>> fit_state_dict(nn.Linear(1, 1), state, "w.pt")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    eqsurgeon.errors.CheckpointError: checkpoint w.pt stores weight as torch.int64 where the model holds ...
+    """
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -235,7 +295,43 @@ def fit_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source: 
             f"checkpoint {source} does not fit the model: {'; '.join(parts)}; "
             "pass the checkpoint that belongs to this model and its factory arguments"
         )
+    check_tensors(state, own, source, {name for name, _ in model.named_parameters()})
     model.load_state_dict(state, strict=True)
+
+
+def check_tensors(
+    state: Mapping[str, torch.Tensor],
+    own: Mapping[str, torch.Tensor],
+    source: Path | str,
+    parameters: set[str] | frozenset[str] = frozenset(),
+) -> None:
+    """Refuse a checkpoint whose dtypes cannot stand for the model's, or which holds NaN anywhere or inf
+    in a parameter (buffers may hold ±inf on purpose, e.g. attention masks)."""
+    for key, tensor in state.items():
+        mine = own[key].dtype
+        exact = tensor.dtype.is_floating_point or tensor.dtype.is_complex
+        if tensor.dtype != mine and not exact and (tensor.dtype == torch.bool or not _is_integer(mine)):
+            raise CheckpointError(
+                f"checkpoint {source} stores {key} as {tensor.dtype} where the model holds {mine}; "
+                "loading would cast it silently: save the weights as floating point"
+            )
+    bad = [
+        k for k, t in state.items()
+        if _is_real(t) and (t.isnan().any() or (k in parameters and not t.isfinite().all()))
+    ]  # fmt: skip
+    if bad:
+        raise CheckpointError(
+            f"checkpoint {source} holds NaN or infinite values in {len(bad)} tensor(s) (e.g. "
+            f"{', '.join(bad[:3])}); it comes from a diverged or damaged run: use an earlier checkpoint"
+        )
+
+
+def _is_real(tensor: torch.Tensor) -> bool:
+    return tensor.is_floating_point() or tensor.is_complex()
+
+
+def _is_integer(dtype: torch.dtype) -> bool:
+    return not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
 
 
 def apply_checkpoint(

@@ -83,8 +83,10 @@ def parse_kwargs(pairs: Sequence[str] | None) -> dict[str, Any]:
             raise ModelLoadError(f"factory argument {pair!r} is not key=value; write e.g. num_classes=19")
         try:
             out[key.strip()] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
+        except (ValueError, SyntaxError, TypeError, MemoryError):  # not a literal: the text itself
             out[key.strip()] = value
+        except RecursionError:
+            raise ModelLoadError(f"factory argument {key.strip()} nests too deeply; simplify it") from None
     return out
 
 
@@ -109,6 +111,11 @@ def _resolve(spec: str) -> tuple[Any, str]:
         return _torchvision_factory(spec.split(":", 1)[1]), spec
     if ":" in spec:
         where, _, name = spec.rpartition(":")
+        if not where.strip() or not name.strip():
+            raise ModelLoadError(
+                f"model spec {spec!r} needs a module or file before ':' and a factory after it; "
+                f"write e.g. my_models.py:build or my_package.models:build ({SPEC_FORMS})"
+            )
         module = _import_file(Path(where)) if where.endswith(".py") else _import_module(where)
         factory = getattr(module, name, None)
         if not callable(factory):
@@ -125,7 +132,7 @@ def _resolve(spec: str) -> tuple[Any, str]:
 
     if is_model(spec):
         return model_entry(spec).factory, spec
-    if spec.endswith(".py") or Path(spec).exists():
+    if spec.endswith(".py") or _exists(spec):
         raise ModelLoadError(f"model spec {spec!r} names no factory; write {spec}:factory_name")
     try:
         model_entry(spec)
@@ -134,7 +141,16 @@ def _resolve(spec: str) -> tuple[Any, str]:
     raise AssertionError("unreachable")
 
 
+def _exists(spec: str) -> bool:
+    try:
+        return Path(spec).exists()
+    except (OSError, ValueError):  # a name too long for a path, a NUL byte: not a file
+        return False
+
+
 def _import_file(path: Path) -> Any:
+    if path.is_dir():
+        raise ModelLoadError(f"model file {path} is a folder; name a .py file before ':factory'")
     if not path.is_file():
         raise ModelLoadError(f"model file {path} does not exist; check the path before ':factory'")
     name = f"eqsurgeon_user_{abs(hash(str(path.resolve())))}"
@@ -144,19 +160,25 @@ def _import_file(path: Path) -> Any:
     sys.modules[name] = module  # dataclasses and pickling look modules up by name
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a script's own sys.exit() too
         del sys.modules[name]
         raise ModelLoadError(f"importing {path} raised {type(exc).__name__}: {one_line(exc)}") from exc
     return module
 
 
 def _import_module(name: str) -> Any:
+    if name.startswith(".") or not all(part.isidentifier() for part in name.split(".")):
+        raise ModelLoadError(
+            f"{name!r} is not a module name; write package.module:factory, or path/to/file.py:factory"
+        )
     try:
         return importlib.import_module(name)
     except ImportError as exc:
         raise ModelLoadError(
             f"cannot import module {name!r} ({one_line(exc)}); install it or use path/to/file.py:factory"
         ) from exc
+    except (Exception, SystemExit) as exc:  # the module's own code failed while importing
+        raise ModelLoadError(f"importing {name} raised {type(exc).__name__}: {one_line(exc)}") from exc
 
 
 def _torchvision_factory(name: str) -> Any:

@@ -111,7 +111,8 @@ class Moments:
 
     @property
     def std(self) -> float:
-        return math.sqrt(self.var) if self.var > 0 else 0.0
+        """√var; NaN stays NaN (a NaN feature must not read as a constant one)."""
+        return math.sqrt(self.var) if self.var > 0 else self.var if math.isnan(self.var) else 0.0
 
     @property
     def std_rel_se_bound(self) -> float:
@@ -190,6 +191,68 @@ class CalibrationRecord:
     def equalized_sites(self) -> tuple[SiteRecord, ...]:
         """The sites whose weights (fold) or modules (insert) were changed."""
         return tuple(s for s in self.sites if s.status == "ok")
+
+
+def validate_record(record: CalibrationRecord) -> None:
+    """Raise ValueError naming the first field of a (read) record that has the wrong type or value.
+
+    A record comes from a file's metadata: a hand-edited or damaged one must be refused where it is read,
+    not fail later as a TypeError deep inside equalization.
+
+    >>> validate_record(CalibrationRecord("m", "fold", "eval", 8, ""))
+    >>> validate_record(CalibrationRecord("m", "fold", "eval", "8", ""))
+    Traceback (most recent call last):
+    ...
+    ValueError: images must be a count, not '8'
+    """
+    r = record
+    _require(r.mode in ("fold", "insert"), "mode must be fold or insert", r.mode)
+    _require(r.bn_mode in ("auto", "batch", "eval"), "bn_mode must be auto, batch or eval", r.bn_mode)
+    _require(_is_int(r.images) and r.images >= 0, "images must be a count", r.images)
+    _require(isinstance(r.model_kwargs, dict), "model_kwargs must be an object", r.model_kwargs)
+    if r.input_size is not None:
+        ok = len(r.input_size) == 2 and all(_is_int(v) and v > 0 for v in r.input_size)
+        _require(ok, "input_size must be two positive integers", r.input_size)
+    for name in ("image_mean", "image_std"):
+        values = getattr(r, name)
+        if values is not None:
+            ok = len(values) == 3 and all(_is_number(v) and math.isfinite(v) for v in values)
+            ok = ok and (name == "image_mean" or min(values) > 0)
+            _require(ok, f"{name} must be 3 finite numbers", values)
+    for site in r.sites:
+        _validate_site(site)
+
+
+def _validate_site(site: SiteRecord) -> None:
+    where = f"site {site.layer}"
+    named = isinstance(site.layer, str) and isinstance(site.op, str)
+    _require(named, "a site's layer and op must be names", site.layer)
+    _require(site.status in ("ok", "skipped"), f"{where}: status must be ok or skipped", site.status)
+    _require(_is_int(site.channel_dim), f"{where}: channel_dim must be an integer", site.channel_dim)
+    _require(_is_int(site.groups) and site.groups > 0, f"{where}: groups must be a count", site.groups)
+    for i in site.inputs:
+        ok = len(i.channels) == 2 and all(_is_int(c) for c in i.channels)
+        ok = ok and 0 <= i.channels[0] < i.channels[1]
+        _require(ok, f"{where}: channels must be [start, stop)", i.channels)
+        for name in ("mean", "std", "scale"):
+            value = getattr(i, name)
+            ok = _is_number(value)
+            if ok and site.status == "ok":  # applied numbers: finite, and std and scale not zero
+                ok = math.isfinite(value) and (name == "mean" or value != 0)
+            _require(ok, f"{where}: an input's {name} must be a finite number", value)
+
+
+def _require(condition: bool, problem: str, value: object) -> None:
+    if not condition:
+        raise ValueError(f"{problem}, not {value!r}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 

@@ -15,7 +15,7 @@ BN_RELU_VAR = (math.pi - 1) / (2 * math.pi)  # variance of ReLU(N(0, 1)): the re
 
 
 def var_ratio(variances: Sequence[float], scales: Sequence[float] | None = None) -> float:
-    """Largest over smallest variance; ``inf`` when one is zero or not finite.
+    """Largest over smallest variance; ``nan`` when one is NaN, ``inf`` when one is zero or infinite.
 
     Args:
         variances: one variance per concat input.
@@ -25,9 +25,13 @@ def var_ratio(variances: Sequence[float], scales: Sequence[float] | None = None)
     1.7
     >>> var_ratio([0.34, 0.2], scales=[1 / 0.34 ** 0.5, 1 / 0.2 ** 0.5])
     1.0
+    >>> var_ratio([0.34, float("nan")]), var_ratio([0.34, 0.0])
+    (nan, inf)
     """
     if scales is not None:
         variances = [v * s * s for v, s in zip(variances, scales, strict=True)]
+    if any(math.isnan(v) for v in variances):
+        return math.nan  # not measurable: NaN features must not read as an infinitely wide gap
     if not variances or not all(math.isfinite(v) for v in variances) or min(variances) <= 0:
         return math.inf
     return round(max(variances) / min(variances), 12)

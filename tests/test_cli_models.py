@@ -75,7 +75,9 @@ def test_static_table_matches_every_zoo_model() -> None:
     assert _static_rows() == {r["name"]: r for r in table_document()["models"]}
 
 
-COMMANDS = ("analyze", "check", "calibrate", "verify", "models", "train", "eval", "demo-data", "convert-mmseg")
+COMMANDS = (
+    "analyze", "check", "calibrate", "verify", "models", "train", "eval", "demo-data", "convert-mmseg",
+)  # fmt: skip
 
 
 @pytest.mark.parametrize(

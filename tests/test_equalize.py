@@ -127,6 +127,7 @@ def test_scale_guards_never_divide() -> None:
         (InputStat((1, 2), 0.0, math.inf), "non-finite"),
         (InputStat((1, 2), 0.0, math.nan), "non-finite"),
         (InputStat((1, 2), 0.0, 1e-310), "zero variance"),
+        (InputStat((1, 2), 0.0, 4e-4), "of the largest std of the site"),  # < 1e-3 × 0.5: all-black images
     ]:
         decision = compute_scales([ok, bad])
         assert (

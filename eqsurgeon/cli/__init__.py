@@ -6,13 +6,14 @@ Importing this package imports no torch, so ``eqsurgeon --help`` answers at once
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Any
 
 import click
 import typer
 from typer.core import TyperGroup
 
-from eqsurgeon.cli._common import State
+from eqsurgeon.cli._common import EXIT_INTERRUPTED, State, say_error
 
 
 class _Group(TyperGroup):
@@ -26,6 +27,24 @@ class _Group(TyperGroup):
         else:
             State.debug = False
         return super().parse_args(ctx, args)
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        """Usage errors (unknown option, bad value) as one ``error:`` line with exit 2, like every error."""
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except typer.TyperException as exc:  # click's (vendored by typer) usage errors
+            if type(exc).__name__ == "NoArgsIsHelpError":  # the help was printed: `eqsurgeon` alone
+                sys.exit(exc.exit_code)
+            ctx = getattr(exc, "ctx", None)
+            hint = f"; see `{ctx.command_path} --help`" if ctx is not None else ""
+            say_error(exc.format_message().rstrip(".") + hint)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            say_error("aborted")
+            sys.exit(EXIT_INTERRUPTED)
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 app = typer.Typer(
@@ -76,4 +95,7 @@ _register()
 
 def main(*args: Any) -> None:
     """Entry point of the ``eqsurgeon`` console script."""
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 must not crash a print
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     app()

@@ -6,8 +6,10 @@ the library inside their function body.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import typer
 from rich.console import Console
 
-from eqsurgeon.errors import EqSurgeonError, OptionError, one_line
+from eqsurgeon.errors import EqSurgeonError, OptionError, one_line, unwrap_worker
 
 console = Console(highlight=False)  # human output: stdout, or stderr when JSON goes to stdout
 err_console = Console(stderr=True, highlight=False)
@@ -30,9 +32,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class State:
-    """Global flags set on the command line."""
+    """Global flags set on the command line, and what a command wants said when it is interrupted."""
 
     debug: bool = False
+    # () -> the Ctrl-C message; a command sets it once it knows (train: how to resume)
+    on_interrupt: Callable[[], str] | None = None
 
 
 def handle_errors(fn: F) -> F:
@@ -45,6 +49,7 @@ def handle_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        State.on_interrupt = None
         try:
             return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort):
@@ -57,32 +62,97 @@ def handle_errors(fn: F) -> F:
         except KeyboardInterrupt:
             if State.debug:
                 raise
-            fail("interrupted; outputs already written are complete (writes are atomic)", EXIT_INTERRUPTED)
+            fail(interrupted_message(), EXIT_INTERRUPTED)
+        finally:
+            State.on_interrupt = None
 
     return wrapper  # type: ignore[return-value]
+
+
+def interrupted_message() -> str:
+    """What Ctrl-C says: the command's own words (train: how to resume), else that outputs are whole."""
+    default = "interrupted; outputs already written are complete (writes are atomic)"
+    if State.on_interrupt is None:
+        return default
+    try:
+        return State.on_interrupt()
+    except Exception:  # the message must never turn Ctrl-C into a traceback
+        return default
 
 
 def describe(exc: BaseException) -> tuple[int, str]:
     """(exit code, one line) for an exception reaching the boundary."""
     if isinstance(exc, OptionError):
         return EXIT_INPUT, in_flags(exc.render(flag(exc.name)))
-    if isinstance(exc, EqSurgeonError):
-        return EXIT_INPUT, in_flags(str(exc))
+    if isinstance(exc, EqSurgeonError):  # our own messages are one line already, paths and all
+        return EXIT_INPUT, in_flags(unwrap_worker(str(exc)))
+    if isinstance(exc, typer.TyperException):  # a command's own BadParameter
+        return EXIT_INPUT, exc.format_message()
     if isinstance(exc, OSError):
-        where = f"{exc.filename}: " if exc.filename else ""
-        problem = exc.strerror or one_line(exc)
-        return EXIT_INPUT, f"{where}{problem}; check the path, free space and permissions"
+        return EXIT_INPUT, os_message(exc)
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return EXIT_INPUT, (
+            f"out of memory ({one_line(exc, limit=120)}); use a smaller --batch-size or --input-size "
+            "(train: data.batch_size, data.crop_size)"
+        )
     return EXIT_BUG, (
         f"internal error (a bug), {type(exc).__name__}: {one_line(exc)}; "
         "rerun with --debug for the traceback and report it"
     )
 
 
+# errno → (what happened, the fix) for OS errors reaching the boundary
+_OS_PROBLEMS = {
+    errno.ENOSPC: ("no space left on the device", "free some space or write elsewhere"),
+    errno.EDQUOT: ("disk quota exceeded", "free some space or write elsewhere"),
+    errno.EROFS: ("the file system is read-only", "write elsewhere"),
+    errno.EACCES: ("permission denied", "check the permissions or write elsewhere"),
+    errno.EPERM: ("operation not permitted", "check the permissions or write elsewhere"),
+    errno.EISDIR: ("is a folder where a file is expected", "name a file"),
+    errno.ENOTDIR: ("a part of the path is a file where a folder is expected", "check the path"),
+    errno.ENOENT: ("does not exist", "check the path"),
+    errno.ENAMETOOLONG: ("the name is too long", "use a shorter path"),
+}
+
+
+def os_message(exc: OSError) -> str:
+    """One line for an OS error: the file, what happened, and the fix.
+
+    >>> os_message(OSError(errno.ENOSPC, "No space left on device", "/mnt/x.safetensors"))
+    '/mnt/x.safetensors: no space left on the device; free some space or write elsewhere'
+    """
+    where = f"{exc.filename}: " if exc.filename else ""
+    problem, fix = _OS_PROBLEMS.get(
+        exc.errno or -1, (exc.strerror or one_line(exc), "check the path, free space and permissions")
+    )
+    return f"{where}{problem}; {fix}"
+
+
 def fail(message: str, code: int) -> None:
-    """Print ``error: message`` verbatim on stderr and exit with ``code``."""
-    sys.stderr.write(f"error: {' '.join(message.split())}\n")
-    sys.stderr.flush()
+    """Print ``error: message`` verbatim on stderr, on one line, and exit with ``code``."""
+    say_error(message)
     raise typer.Exit(code)
+
+
+def say_error(message: str) -> None:
+    """Write ``error: message`` on stderr as one plain line (never rich markup): line breaks and other
+    control characters, in a file name say, are shown escaped."""
+    sys.stderr.write(f"error: {printable(message.strip())}\n")
+    sys.stderr.flush()
+
+
+def printable(text: str) -> str:
+    """``text`` safe for any terminal: control characters and undecodable bytes of file names are escaped.
+
+    >>> printable("a\\x1b[31mb \\udcff.png")
+    'a\\\\x1b[31mb \\\\xff.png'
+    """
+    try:
+        data = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that is no escaped byte
+        data = text.encode("utf-8", "backslashreplace")
+    text = data.decode("utf-8", "backslashreplace")
+    return "".join(ch if ch.isprintable() or ch == " " else repr(ch)[1:-1] for ch in text)
 
 
 # Library parameter names whose flag is not simply --name-with-dashes.
@@ -185,6 +255,14 @@ FrontendOpt = Annotated[
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda when available), cpu, cuda or cuda:N")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="overwrite existing output files")]
 JsonOutOpt = Annotated[Path | None, typer.Option("--json", help="also write the report as JSON to this file")]
+MaxMegapixelsOpt = Annotated[
+    float, typer.Option("--max-megapixels", help="skip images whose header declares more pixels (undecoded)")
+]
+MaxAspectOpt = Annotated[
+    float, typer.Option("--max-aspect", help="skip images whose long side exceeds this × their short side")
+]
+MAX_MEGAPIXELS = 40.0  # eqsurgeon.images.MAX_PIXELS / 1e6, repeated so --help imports no torch
+MAX_ASPECT = 50.0
 Format = Literal["text", "json"]
 FormatOpt = Annotated[Format, typer.Option("--format", help="text (tables) or json (to stdout)")]
 
@@ -246,8 +324,11 @@ def emit_json(data: Any) -> None:
 
 def check_outputs(*paths: Path | None, force: bool = False) -> None:
     """Refuse missing folders, folders, unwritable places and existing outputs before any work."""
+    from eqsurgeon.errors import OutputExistsError
     from eqsurgeon.io import check_output
 
-    for path in paths:
-        if path is not None:
-            check_output(path, force)
+    named = [p for p in paths if p is not None]
+    if len({os.path.abspath(p) for p in named}) < len(named):
+        raise OutputExistsError(f"the same output file is named twice ({', '.join(map(str, named))})")
+    for path in named:
+        check_output(path, force)

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from eqsurgeon.cli._common import WORKERS, parse_floats, parse_size
+from eqsurgeon.cli._common import WORKERS, parse_floats, parse_size, printable
 
 if TYPE_CHECKING:
     from eqsurgeon.calibration import CalibrationResult
@@ -46,6 +46,17 @@ def data_options(
     )  # fmt: skip
 
 
+def with_caps(options: Any, max_megapixels: float, max_aspect: float) -> Any:
+    """``DataOptions`` with the image caps of --max-megapixels and --max-aspect."""
+    import dataclasses
+
+    from eqsurgeon.errors import OptionError
+
+    if not 1e-6 <= max_megapixels < 1e6:
+        raise OptionError("max_megapixels", max_megapixels, "is out of range; use e.g. --max-megapixels 40")
+    return dataclasses.replace(options, max_pixels=round(max_megapixels * 1e6), max_aspect=max_aspect)
+
+
 def measure_options(bn_mode: str, frontend: str) -> Any:
     """The ``MeasureOptions`` record of --bn-mode and --frontend."""
     from eqsurgeon.api import MeasureOptions
@@ -57,10 +68,10 @@ def print_skipped(out: Console, skipped: Sequence[Any]) -> None:
     """Name the image files that could not be used (first 20)."""
     if not skipped:
         return
-    names = ", ".join(s.path.name for s in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+    names = ", ".join(printable(s.path.name) for s in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
     out.print(f"skipped {len(skipped)} unreadable file(s): {names}", markup=False, soft_wrap=True)
-    for s in skipped[:20]:
-        out.print(f"  {s.path}: {s.reason}", markup=False, soft_wrap=True)
+    for s in skipped[:20]:  # file names need not be UTF-8, nor free of control characters
+        out.print(printable(f"  {s.path}: {s.reason}"), markup=False, soft_wrap=True)
     if len(skipped) > 20:
         out.print(f"  ... and {len(skipped) - 20} more", markup=False)
 

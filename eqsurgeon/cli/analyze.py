@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from eqsurgeon.cli import _common as c
-from eqsurgeon.cli._render import data_options, measure_options, print_analysis, print_skipped
+from eqsurgeon.cli._render import data_options, measure_options, print_analysis, print_skipped, with_caps
 
 
 @c.handle_errors
@@ -22,6 +22,8 @@ def analyze(
     batch_size: c.BatchSizeOpt = c.BATCH_SIZE,
     batches: c.BatchesOpt = c.BATCHES,
     seed: c.SeedOpt = 0,
+    max_megapixels: c.MaxMegapixelsOpt = c.MAX_MEGAPIXELS,
+    max_aspect: c.MaxAspectOpt = c.MAX_ASPECT,
     bn_mode: c.BnModeOpt = "auto",
     device: c.DeviceOpt = "auto",
     fmt: c.FormatOpt = "text",
@@ -36,6 +38,7 @@ def analyze(
 
     c.check_outputs(json_out, plot, force=force)
     opts = data_options(input_size, batch_size, seed, device, batches=batches)
+    opts = with_caps(opts, max_megapixels, max_aspect)
     done = api.analyze(c.model_ref(model, arg, checkpoint), data, opts, measure_options(bn_mode, frontend))
     out = c.human(fmt)
     print_skipped(c.err_console, done.skipped)

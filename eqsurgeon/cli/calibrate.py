@@ -9,7 +9,7 @@ import typer
 
 from eqsurgeon.cli import _common as c
 from eqsurgeon.cli._progress import CalibrationBar
-from eqsurgeon.cli._render import data_options, print_calibration, print_skipped
+from eqsurgeon.cli._render import data_options, print_calibration, print_skipped, with_caps
 
 ModeOpt = Annotated[
     Literal["fold", "insert"],
@@ -54,6 +54,8 @@ def calibrate(
     bn_mode: c.BnModeOpt = "auto",
     bias_correction: BiasOpt = "auto",
     seed: c.SeedOpt = 0,
+    max_megapixels: c.MaxMegapixelsOpt = c.MAX_MEGAPIXELS,
+    max_aspect: c.MaxAspectOpt = c.MAX_ASPECT,
     force: c.ForceOpt = False,
     allow_equalized: AllowOpt = False,
     frontend: c.FrontendOpt = "auto",
@@ -71,6 +73,7 @@ def calibrate(
 
     c.check_outputs(out, json_out, force=force)  # fail before minutes of measuring, not after
     opts = data_options(input_size, batch_size, seed, device, max_images, workers, mean, std)
+    opts = with_caps(opts, max_megapixels, max_aspect)
     options = CalibrationOptions(
         mode=mode, bias_correction=bias_correction, bn_mode=bn_mode, tolerance=tolerance,
         max_images=max_images, frontend=frontend, autocast_dtype=torch.bfloat16 if amp else None,

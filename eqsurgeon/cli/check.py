@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 from eqsurgeon.cli import _common as c
-from eqsurgeon.cli._render import data_options, measure_options, print_capture, print_skipped
+from eqsurgeon.cli._render import data_options, measure_options, print_capture, print_skipped, with_caps
 
 if TYPE_CHECKING:
     from eqsurgeon.checking import CheckResult
@@ -37,6 +37,8 @@ def check_cmd(
     batch_size: c.BatchSizeOpt = c.BATCH_SIZE,
     batches: c.BatchesOpt = c.BATCHES,
     seed: c.SeedOpt = 0,
+    max_megapixels: c.MaxMegapixelsOpt = c.MAX_MEGAPIXELS,
+    max_aspect: c.MaxAspectOpt = c.MAX_ASPECT,
     bn_mode: c.BnModeOpt = "auto",
     device: c.DeviceOpt = "auto",
 ) -> None:
@@ -45,6 +47,7 @@ def check_cmd(
     from eqsurgeon.report import check_to_dict
 
     opts = data_options(input_size, batch_size, seed, device, batches=batches)
+    opts = with_caps(opts, max_megapixels, max_aspect)
     how = measure_options(bn_mode, frontend)
     done = api.check(c.model_ref(model, arg, checkpoint), data, opts, how, max_ratio, allow_unsearched)
     assert done.result is not None

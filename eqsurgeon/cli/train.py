@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
-from eqsurgeon.cli._common import console, handle_errors
+from eqsurgeon.cli._common import State, console, handle_errors
 from eqsurgeon.training.config import TrainConfig, load_config
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ def train(
     )
     from eqsurgeon.cli.train_compare import batch_note, run_compare
 
+    State.on_interrupt = lambda: _interrupted(recipe, Path(cfg.run.out), compare)
     note = batch_note(cfg)
     if note:
         console.print(note)
@@ -63,9 +65,9 @@ def train(
     if result.metrics is not None:
         console.print(iou_table(result.metrics, cfg.data.class_names))
     summary = Table(title="run summary", show_header=False)
-    summary.add_row("run folder", str(result.run_dir))
+    summary.add_row("run folder", Text(str(result.run_dir)))  # user paths are never markup
     summary.add_row("iterations", str(result.iterations))
-    summary.add_row("final weights", str(result.weights))
+    summary.add_row("final weights", Text(str(result.weights)))
     summary.add_row("final mIoU", _pct(result.metrics.miou if result.metrics else math.nan))
     summary.add_row("best mIoU", _pct(result.best_miou if result.best_miou is not None else math.nan))
     applied = result.eq.mode if result.eq else "none"
@@ -107,12 +109,29 @@ def iou_table(metrics: SegMetrics, names: tuple[str, ...] = ()) -> Table:
     table.add_column("IoU %", justify="right", footer=_pct(metrics.miou))
     table.add_column("Acc %", justify="right", footer=f"aAcc {_pct(metrics.aacc)}")
     for i, (iou, acc) in enumerate(zip(metrics.iou, metrics.acc, strict=True)):
-        table.add_row(names[i] if i < len(names) else str(i), _pct(iou), _pct(acc))
+        table.add_row(Text(names[i] if i < len(names) else str(i)), _pct(iou), _pct(acc))
     return table
 
 
 def _pct(value: float) -> str:
     return "–" if math.isnan(value) else f"{100 * value:.2f}"
+
+
+def _interrupted(recipe: Path, run_dir: Path, compare: bool) -> str:
+    """What Ctrl-C says: how to continue, or that nothing was kept (a start is undone before its first
+    checkpoint)."""
+    from eqsurgeon.training.checkpoint import list_checkpoints
+
+    again = f"eqsurgeon train {recipe}{' --compare' if compare else ''} --resume"
+    if compare:
+        return f"interrupted; finished runs in {run_dir} are kept: continue with `{again}` (same options)"
+    kept = list_checkpoints(run_dir) if run_dir.is_dir() else []
+    if not kept:
+        return "interrupted before the first checkpoint, so nothing was kept; run the same command again"
+    return (
+        f"interrupted; {run_dir} keeps its checkpoint of iteration {kept[-1].iteration}: continue with "
+        f"`{again}` and the same options"
+    )
 
 
 def _toml_str(path: Path) -> str:

@@ -6,6 +6,7 @@ import math
 import os
 
 from rich.table import Table
+from rich.text import Text
 
 from eqsurgeon.cli._common import console
 from eqsurgeon.training.compare import Comparison, Stat, compare
@@ -27,12 +28,12 @@ def run_compare(cfg: TrainConfig, seeds: int, resume: bool) -> Comparison:
         if not main:
             return
         label = "w/o EQ" if mode == "none" else f"w/ EQ ({mode})"
-        console.print(f"[bold]{label}[/bold], seed {seed} → {run_cfg.run.out}")
+        console.print(Text.assemble((label, "bold"), f", seed {seed} → {run_cfg.run.out}"))
 
     result = compare(cfg, seeds, resume=resume, train_fn=train_one, on_run=announce)
     if main:
         console.print(compare_table(result))
-        console.print(f"wrote {result.json_path} and {result.png_path}")
+        console.print(f"wrote {result.json_path} and {result.png_path}", markup=False)
     return result
 
 

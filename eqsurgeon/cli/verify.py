@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from eqsurgeon.cli import _common as c
-from eqsurgeon.cli._render import data_options, print_skipped, text
+from eqsurgeon.cli._render import data_options, print_skipped, text, with_caps
 
 
 @c.handle_errors
@@ -30,6 +30,8 @@ def verify(
         typer.Option("--bn-mode", help="auto, batch or eval (default: as calibrated)"),
     ] = None,
     seed: c.SeedOpt = 0,
+    max_megapixels: c.MaxMegapixelsOpt = c.MAX_MEGAPIXELS,
+    max_aspect: c.MaxAspectOpt = c.MAX_ASPECT,
     fmt: c.FormatOpt = "text",
     json_out: c.JsonOutOpt = None,
     force: c.ForceOpt = False,
@@ -44,6 +46,7 @@ def verify(
 
     c.check_outputs(json_out, force=force)
     opts = data_options(input_size, batch_size, seed, device, max_images, workers, mean, std)
+    opts = with_caps(opts, max_megapixels, max_aspect)
     done = api.verify(c.model_ref(model, arg, checkpoint), data, opts, bn_mode)
     human = c.human(fmt)
     print_skipped(c.err_console, done.skipped)

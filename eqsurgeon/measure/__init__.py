@@ -72,6 +72,8 @@ def measure(
     images = 0
     with measuring_mode(model, bn_mode) as resolved, MomentHooks(model, sites) as hooks, torch.no_grad():
         for batch in batches:
+            if resolved == "batch" and batch.shape[0] < 2:
+                continue  # BN cannot normalize over one image: a short last batch
             model(batch)
             images += batch.shape[0]
     return Measurement(hooks.moments(), resolved, images)

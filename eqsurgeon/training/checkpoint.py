@@ -69,7 +69,8 @@ def save_checkpoint(
 
     >>> import tempfile
     >>> d = Path(tempfile.mkdtemp())
-    >>> f = save_checkpoint(d, 1, {"w": torch.ones(2)}, {"iter": 1}, None, ModelConfig(name="m"), keep=1)
+    >>> state = {"iter": 1, "rng": [rng_state()]}
+    >>> f = save_checkpoint(d, 1, {"w": torch.ones(2)}, state, None, ModelConfig(name="m"), keep=1)
     >>> from eqsurgeon.io import read_state_dict
     >>> load_state(f)["iter"], read_state_dict(f.weights)[0]["w"].tolist()
     (1, [1.0, 1.0])
@@ -99,11 +100,42 @@ def write_weights(
 def load_state(files: CheckpointFiles) -> dict[str, Any]:
     """The training state of a checkpoint, loaded with ``weights_only=True``."""
     try:
-        return torch.load(files.state, map_location="cpu", weights_only=True)
+        state = torch.load(files.state, map_location="cpu", weights_only=True)
     except Exception as exc:  # any unpickling failure means the file is not ours or is damaged
         raise CheckpointError(
             f"cannot read {files.state} ({one_line(exc)}); delete it to resume from an older one"
         ) from None
+    if not isinstance(state, dict):
+        state = {}
+    wrong = [k for k, kind in _STATE_KEYS.items() if not isinstance(state.get(k), kind)]
+    wrong += [k for k in ("optimizer", "scheduler", "scaler") if not isinstance(state.get(k, {}), dict)]
+    if wrong or state["iter"] != files.iteration:
+        what = (
+            f"{', '.join(wrong)} missing or malformed"
+            if wrong
+            else f"it says iteration {state['iter']}, its name {files.iteration}"
+        )
+        raise CheckpointError(
+            f"{files.state} is not a sound training state ({what}); delete it to resume from an older one"
+        )
+    return state
+
+
+_STATE_KEYS = {"iter": int, "rng": list}  # read first; the rest is checked as it is loaded (restore)
+
+
+def restore(files: CheckpointFiles, state: dict[str, Any], objects: dict[str, Any], rank: int) -> None:
+    """Load a training state into the run's optimizer, scheduler and scaler (``objects`` by state key) and
+    set this rank's RNG; a state that does not fit them is a :class:`CheckpointError`, not a traceback."""
+    try:
+        for key, obj in objects.items():
+            obj.load_state_dict(state[key])
+        set_rng_state(state["rng"][rank])
+    except Exception as exc:
+        raise CheckpointError(
+            f"{files.state} does not fit this run ({type(exc).__name__}: {one_line(exc)}); "
+            "resume with the recipe that wrote it, or delete it to resume from an older checkpoint"
+        ) from exc
 
 
 def rng_state() -> dict[str, Any]:

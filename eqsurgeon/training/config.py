@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from eqsurgeon.errors import RecipeError
+from eqsurgeon.training.ranges import check_ranges
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ class DataConfig:
     std: tuple[float, float, float] = (58.395, 57.12, 57.375)
     batch_size: int = 2  # per process (per GPU)
     workers: int = 2  # data-loader workers per process
+    max_pixels: int = 40_000_000  # images (and masks) whose header declares more are refused undecoded
+    max_aspect: float = 50.0  # likewise for a longer side over this × the shorter
 
 
 @dataclass(frozen=True)
@@ -152,20 +155,38 @@ def load_config(path: Path | None, overrides: list[str] | tuple[str, ...] = ()) 
     >>> cfg.optim.lr, cfg.data.crop_size
     (0.001, (64, 64))
     """
-    raw: dict[str, Any] = {}
-    if path is not None:
-        try:
-            raw = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise RecipeError(
-                f"recipe {path} does not exist; pass a TOML file such as train/recipes/demo.toml"
-            ) from None
-        except tomllib.TOMLDecodeError as exc:
-            raise RecipeError(f"recipe {path} is not valid TOML: {exc}") from None
+    raw = read_toml(Path(path), "recipe") if path is not None else {}
     for item in overrides:
         _apply_override(raw, item)
     source = " + ".join(([str(path)] if path is not None else []) + (["--set"] if overrides else []))
     return config_from_dict(raw, source=source or "defaults")
+
+
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """Parse a TOML file, with one-line errors for a missing file, a folder, non-UTF-8 text or bad TOML.
+
+    >>> read_toml(Path("/nonexistent.toml"), "recipe")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    eqsurgeon.errors.RecipeError: recipe /nonexistent.toml does not exist; pass a TOML file such as ...
+    """
+    if path.is_dir():
+        raise RecipeError(f"{what} {path} is a folder; pass a TOML file such as train/recipes/demo.toml")
+    try:
+        text = path.read_bytes().decode("utf-8")
+        return tomllib.loads(text)
+    except FileNotFoundError:
+        raise RecipeError(
+            f"{what} {path} does not exist; pass a TOML file such as train/recipes/demo.toml"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise RecipeError(
+            f"{what} {path} is not UTF-8 text (byte {exc.start}); TOML files are UTF-8: re-save it as UTF-8"
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(f"{what} {path} is not valid TOML: {exc}") from None
+    except RecursionError:
+        raise RecipeError(f"{what} {path} nests arrays or tables too deeply") from None
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "recipe") -> TrainConfig:
@@ -183,8 +204,10 @@ def config_from_dict(raw: dict[str, Any], source: str = "recipe") -> TrainConfig
     unknown = sorted(set(raw) - set(sections))
     if unknown:
         raise RecipeError(f"{source}: unknown table [{unknown[0]}]; tables are {', '.join(_SECTIONS)}")
-    _check_eq(sections["eq"], source)
-    return TrainConfig(**sections)
+    cfg = TrainConfig(**sections)
+    check_ranges(cfg, source)
+    _check_eq(cfg.eq, source)
+    return cfg
 
 
 def _check_eq(eq: EqConfig, source: str) -> None:
@@ -227,9 +250,13 @@ def dump_toml(cfg: TrainConfig) -> str:
     return "\n".join(lines)
 
 
-def load_config_text(text: str) -> TrainConfig:
+def load_config_text(text: str, source: str = "config.toml") -> TrainConfig:
     """Parse recipe TOML text (used for the run folder's resolved config)."""
-    return config_from_dict(tomllib.loads(text), source="config.toml")
+    try:
+        raw = tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:
+        raise RecipeError(f"{source} is not valid TOML ({exc})") from None
+    return config_from_dict(raw, source=source)
 
 
 def _apply_override(raw: dict[str, Any], item: str) -> None:
@@ -238,15 +265,17 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         raise RecipeError(f"--set {item!r} must look like section.key=value, e.g. --set optim.lr=1e-4")
     section, name = key.strip().split(".", 1)
     try:
-        value = tomllib.loads(f"v = {text.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
+        parsed = tomllib.loads(f"v = {text.strip()}")
+        value = parsed["v"] if list(parsed) == ["v"] else text.strip()
+    except (tomllib.TOMLDecodeError, RecursionError):
         value = text.strip()  # a bare word is a string: --set model.name=upernet_tiny
-    table = raw.setdefault(section, {})
-    if not isinstance(table, dict):
-        raise RecipeError(f"--set {item!r}: [{section}] is not a table")
     *parents, leaf = name.split(".")  # model.kwargs.num_classes=5 sets one factory argument
-    for parent in parents:
-        table = table.setdefault(parent, {})
+    table: Any = raw
+    for i, part in enumerate([section, *parents]):
+        table = table.setdefault(part, {})
+        if not isinstance(table, dict):
+            where = ".".join([section, *parents][: i + 1])
+            raise RecipeError(f"--set {item!r}: {where} is not a table, so it has no key {leaf!r}")
     table[leaf] = value
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
+from eqsurgeon.image_caps import ImageLimits
 from eqsurgeon.training.config import TrainConfig
 from eqsurgeon.training.segmentation import SegmentationDataset, find_samples
 from eqsurgeon.training.synthetic import SyntheticDataset
@@ -21,13 +22,20 @@ def make_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset]:
     pipeline = train_pipeline(
         d.crop_size, d.scale, d.ratio_range, d.cat_max_ratio, d.flip_prob, d.photometric, d.ignore_index
     )
+    limits = ImageLimits(d.max_pixels, d.max_aspect)
     train_set = SegmentationDataset(
-        find_samples(Path(d.root), "train", d.format), d.num_classes, d.ignore_index, pipeline, cfg.run.seed
+        find_samples(Path(d.root), "train", d.format),
+        d.num_classes,
+        d.ignore_index,
+        pipeline,
+        cfg.run.seed,
+        limits,
     )
     val_set = SegmentationDataset(
         find_samples(Path(d.root), cfg.eval.split, d.format),
         d.num_classes,
         d.ignore_index,
         eval_pipeline(cfg.eval.scale),
+        limits=limits,
     )
     return train_set, val_set

@@ -46,8 +46,29 @@ def make_demo_data(root: Path, images: int = 48, size: int = 64, seed: int = 0, 
     """
     assert size % 8 == 0 and size >= 32, "size must be a multiple of 8, at least 32"
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise OutputExistsError(f"{root} is a file, not a folder; choose a folder to create")
     if root.exists() and any(root.iterdir()) and not force:
         raise OutputExistsError(f"{root} exists and is not empty; choose another folder or pass --force")
+    before = set(root.iterdir()) if root.exists() else None
+    try:
+        _write(root, images, size, seed)
+    except BaseException:  # a failed run (full disk, Ctrl-C) leaves the folder as it found it
+        import shutil
+
+        if root.is_dir():
+            for path in set(root.iterdir()) - (before or set()):
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+            if before is None:
+                root.rmdir()
+        raise
+    return root
+
+
+def _write(root: Path, images: int, size: int, seed: int) -> None:
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -55,7 +76,6 @@ def make_demo_data(root: Path, images: int = 48, size: int = 64, seed: int = 0, 
         image, mask = _draw(rng, size)
         Image.fromarray(image).save(root / "images" / f"demo_{i:04d}.png")
         Image.fromarray(mask, mode="L").save(root / "masks" / f"demo_{i:04d}.png")
-    return root
 
 
 def _draw(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:

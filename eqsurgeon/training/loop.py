@@ -24,10 +24,11 @@ from torch.utils.data import DataLoader
 
 from eqsurgeon.errors import CheckpointError, DataError, RecipeError, TrainingError
 from eqsurgeon.io import (
+    METADATA_KEY,
     fit_state_dict,
     read_state_dict,
     rebuild_equalizers,
-    record_from_json,
+    record_from_header,
     record_to_dict,
     record_to_json,
     write_json,
@@ -38,9 +39,9 @@ from eqsurgeon.training.augment import PaddedBatch
 from eqsurgeon.training.checkpoint import (
     checkpoint_files,
     load_state,
+    restore,
     rng_state,
     save_checkpoint,
-    set_rng_state,
     write_weights,
 )
 from eqsurgeon.training.config import TrainConfig
@@ -86,7 +87,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, on_log: LogFn | None = None
     """
     info = distributed.setup(cfg.run.device)
     try:
-        return _train(cfg, resume, on_log or (lambda record: None), info)
+        with rundir.removed_on_failure(Path(cfg.run.out), enabled=info.is_main):
+            return _train(cfg, resume, on_log or (lambda record: None), info)
     finally:
         distributed.cleanup()
 
@@ -111,7 +113,7 @@ def _train(cfg: TrainConfig, resume: bool, on_log: LogFn, info: distributed.Dist
     state: dict[str, Any] | None = None
     if ckpt is not None:
         state = load_state(ckpt)
-        eq_record = _state_record(state.get("eq"))
+        eq_record = _state_record(state.get("eq"), ckpt.state)
         if eq_record is not None:  # insert mode added equalizer modules: rebuild them before loading
             rebuild_equalizers(model, eq_record)
         fit_state_dict(model, read_state_dict(ckpt.weights)[0], ckpt.weights)
@@ -153,10 +155,8 @@ def _train(cfg: TrainConfig, resume: bool, on_log: LogFn, info: distributed.Dist
     scheduler = build_scheduler(optimizer, cfg.schedule, cfg.optim.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.run.amp == "fp16")
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"][info.rank])
+        objects = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
+        restore(ckpt, state, objects, info.rank)
         if info.is_main:
             rundir.truncate_metrics(run_dir, start_iter)
 
@@ -340,8 +340,8 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _state_record(saved: str | dict[str, Any] | None) -> CalibrationRecord | None:
+def _state_record(saved: str | dict[str, Any] | None, source: Path) -> CalibrationRecord | None:
     # Training states store the record as its JSON text; older ones stored the parsed dict.
     if saved is None:
         return None
-    return record_from_json(saved if isinstance(saved, str) else json.dumps(saved))
+    return record_from_header({METADATA_KEY: saved if isinstance(saved, str) else json.dumps(saved)}, source)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from eqsurgeon.errors import CheckpointError, OutputExistsError, RecipeError
 from eqsurgeon.io import atomic_write
 from eqsurgeon.training.checkpoint import CheckpointFiles, list_checkpoints
-from eqsurgeon.training.config import TrainConfig, config_to_dict, dump_toml, load_config_text
+from eqsurgeon.training.config import TrainConfig, config_from_dict, config_to_dict, dump_toml, read_toml
 
 CONFIG_NAME = "config.toml"
 METRICS_NAME = "metrics.jsonl"
@@ -24,6 +27,8 @@ RESUME_MAY_DIFFER = frozenset(
         "run.log_interval",
         "run.compile",
         "eval.max_images",
+        "data.max_pixels",
+        "data.max_aspect",
     }
 )
 
@@ -43,6 +48,7 @@ def check(run_dir: Path, cfg: TrainConfig, resume: bool) -> CheckpointFiles | No
     True
     """
     config_path = run_dir / CONFIG_NAME
+    _check_writable(run_dir)
     if not resume:
         if run_dir.is_dir() and (config_path.exists() or list_checkpoints(run_dir)):
             raise OutputExistsError(
@@ -54,7 +60,13 @@ def check(run_dir: Path, cfg: TrainConfig, resume: bool) -> CheckpointFiles | No
         raise CheckpointError(
             f"nothing to resume in {run_dir}: it has no {CONFIG_NAME}; drop --resume to start"
         )
-    differences = config_differences(load_config_text(config_path.read_text()), cfg)
+    try:
+        saved = config_from_dict(read_toml(config_path, "run config"), source=str(config_path))
+    except RecipeError as exc:
+        raise CheckpointError(
+            f"cannot resume from {run_dir}: {exc}; restore the file, or start anew with another --out"
+        ) from None
+    differences = config_differences(saved, cfg)
     if differences:
         raise RecipeError(
             f"{run_dir} was made by a different recipe ({'; '.join(differences[:3])}); "
@@ -62,6 +74,43 @@ def check(run_dir: Path, cfg: TrainConfig, resume: bool) -> CheckpointFiles | No
         )
     checkpoints = list_checkpoints(run_dir)
     return checkpoints[-1] if checkpoints else None
+
+
+def _check_writable(run_dir: Path) -> None:
+    # The run folder, or the nearest folder above it that exists, must be a writable folder.
+    existing = run_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputExistsError(f"{existing} is a file, not a folder; choose another --out (run.out)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputExistsError(f"folder {existing} is not writable; choose another --out (run.out)")
+
+
+@contextmanager
+def removed_on_failure(run_dir: Path, enabled: bool = True) -> Iterator[None]:
+    """Undo a start that fails before its first checkpoint: remove what it wrote in ``run_dir``.
+
+    So the corrected command can simply be run again: the folder then holds no run, and neither "already
+    holds a run" nor "made by a different recipe" stands in the way. Files that were there before are
+    kept, and so is everything once a checkpoint exists (``--resume`` continues from it).
+    """
+    before = set(run_dir.iterdir()) if run_dir.is_dir() else None
+    made = [run_dir, *run_dir.parents]  # the folders this start may create: up to the first that exists
+    made = made[: next((i for i, p in enumerate(made) if p.exists()), len(made))]
+    try:
+        yield
+    except BaseException:
+        if enabled and run_dir.is_dir() and not list_checkpoints(run_dir):
+            for path in set(run_dir.iterdir()) - (before or set()):
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+            for folder in made:  # innermost first; only the ones this start created, and only if empty
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
+        raise
 
 
 def create(run_dir: Path, cfg: TrainConfig) -> None:

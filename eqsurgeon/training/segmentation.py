@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from eqsurgeon.errors import DataError
+from eqsurgeon.errors import DataError, one_line
+from eqsurgeon.image_caps import ImageLimits, header_size, open_image
 from eqsurgeon.training.augment import reduce_zero_label
 from eqsurgeon.training.transforms import sample_seed
 
@@ -59,6 +59,8 @@ def find_samples(root: Path, split: str, fmt: str = "auto") -> SampleList:
     eqsurgeon.errors.DataError: data folder /nonexistent does not exist ...
     """
     root = Path(root)
+    if root.is_file():
+        raise DataError(f"data folder {root} is a file; pass the dataset folder with --data")
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist; pass an existing folder with --data")
     if fmt not in FORMATS:
@@ -83,6 +85,10 @@ class SegmentationDataset(torch.utils.data.Dataset):
         ignore_index: label that counts for nothing (255 in every supported format).
         transform: joint image/mask transform (``transforms.train_pipeline`` or ``eval_pipeline``).
         seed: run seed mixed into each sample's augmentation seed.
+        limits: pixel and aspect caps, checked on both headers before anything is decoded.
+
+    Any failure to read a sample, in a loader worker or not, is a :class:`DataError` naming the file, so
+    the run ends with the same one line either way.
 
     >>> import tempfile
     >>> from eqsurgeon.training.demo_data import make_demo_data
@@ -99,7 +105,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
         ignore_index: int = 255,
         transform: v2.Transform | None = None,
         seed: int = 0,
+        limits: ImageLimits | None = None,
     ) -> None:
+        self.limits = limits or ImageLimits()
         self.samples = samples
         self.num_classes = num_classes
         self.ignore_index = ignore_index
@@ -122,11 +130,19 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def read(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode sample ``index`` and check its mask: (uint8 [3, H, W], uint8 [H, W])."""
         image_path, mask_path = self.samples.images[index], self.samples.masks[index]
+        size = header_size(image_path, self.limits)  # caps first: nothing decoded yet
+        mask_size = header_size(mask_path, self.limits)
+        if mask_size != size:  # checked on the headers: a mask must not cost more than its image
+            raise DataError(
+                f"mask {mask_path} is {mask_size[0]}x{mask_size[1]} but its image {image_path.name} is "
+                f"{size[0]}x{size[1]}; masks must match their image's size"
+            )
         try:
-            with Image.open(image_path) as img:
+            with open_image(image_path) as img:
                 image = torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).contiguous()
-        except OSError as exc:
-            raise DataError(f"cannot decode image {image_path} ({exc}); remove or replace the file") from None
+        except Exception as exc:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError...
+            why = f"{type(exc).__name__}: {one_line(exc)}"
+            raise DataError(f"cannot decode image {image_path} ({why}); remove or replace it") from None
         mask = _read_mask(mask_path)
         if tuple(image.shape[-2:]) != tuple(mask.shape):
             raise DataError(
@@ -147,12 +163,19 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
 
 def _read_mask(path: Path) -> torch.Tensor:
-    with Image.open(path) as img:
-        if img.mode not in ("L", "P"):
-            raise DataError(
-                f"mask {path} has mode {img.mode}; masks must be single-channel index PNGs (mode L or P)"
-            )
-        return torch.from_numpy(np.array(img, dtype=np.uint8))
+    try:
+        with open_image(path) as img:
+            if img.mode not in ("L", "P"):
+                raise DataError(
+                    f"mask {path} has mode {img.mode}; masks must be single-channel index PNGs (mode L or P)"
+                )
+            return torch.from_numpy(np.array(img, dtype=np.uint8))
+    except DataError:
+        raise
+    except Exception as exc:  # a truncated or corrupt file: PIL raises OSError, ValueError, SyntaxError...
+        raise DataError(
+            f"cannot decode mask {path} ({type(exc).__name__}: {one_line(exc)}); remove or replace it"
+        ) from None
 
 
 def _detect(root: Path) -> str:
