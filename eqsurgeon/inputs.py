@@ -21,6 +21,7 @@ from eqsurgeon.records import CalibrationRecord
 
 if TYPE_CHECKING:
     from eqsurgeon.api import Data, DataOptions, ModelLike
+    from eqsurgeon.io import Source
 
 
 def synthetic_batches(
@@ -35,17 +36,19 @@ def synthetic_batches(
     return [torch.randn(batch_size, 3, *size, generator=gen).to(device) for _ in range(count)]
 
 
-def materialize(model: ModelLike, opts: DataOptions) -> tuple[nn.Module, CalibrationRecord | None, str]:
-    # (module on the device, its checkpoint's record, the name reports show)
+def materialize(
+    model: ModelLike, opts: DataOptions
+) -> tuple[nn.Module, CalibrationRecord | None, str, Source | None]:
+    # (module on the device, its weights' record, the name reports show, where the weights came from)
     if isinstance(model, nn.Module):
-        return model, None, type(model).__name__
+        return model, None, type(model).__name__, None
     from eqsurgeon.api import ModelRef
-    from eqsurgeon.loading import load_model_with_record
+    from eqsurgeon.loading import build
 
     ref = ModelRef(model) if isinstance(model, str) else model
     torch.manual_seed(opts.seed)  # a fresh model's initialization is part of what is measured
-    net, record = load_model_with_record(ref.spec, ref.kwargs, ref.checkpoint)
-    return net.to(resolve_device(opts.device)), record, ref.spec
+    built = build(ref.spec, ref.kwargs, ref.checkpoint, ref.checkpoint_key)
+    return built.model.to(resolve_device(opts.device)), built.record, ref.spec, built.source
 
 
 def make_batches(

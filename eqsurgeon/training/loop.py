@@ -32,6 +32,7 @@ from eqsurgeon.io import (
     record_to_json,
     write_json,
 )
+from eqsurgeon.outputs import split_outputs
 from eqsurgeon.records import CalibrationRecord
 from eqsurgeon.training import distributed, rundir
 from eqsurgeon.training.checkpoint import (
@@ -45,7 +46,7 @@ from eqsurgeon.training.checkpoint import (
 from eqsurgeon.training.config import TrainConfig
 from eqsurgeon.training.datasets import make_datasets
 from eqsurgeon.training.evaluate import autocast, evaluate, to_input
-from eqsurgeon.training.losses import segmentation_loss, split_outputs
+from eqsurgeon.training.losses import segmentation_loss
 from eqsurgeon.training.metrics import SegMetrics
 from eqsurgeon.training.model import build_model, init_record
 from eqsurgeon.training.optim import build_optimizer, build_scheduler
