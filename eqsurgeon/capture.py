@@ -20,7 +20,7 @@ import torch
 from torch import fx, nn
 
 from eqsurgeon import registry
-from eqsurgeon.errors import CaptureError
+from eqsurgeon.errors import CaptureError, one_line
 from eqsurgeon.state import preserved_state
 
 FRONTENDS = ("auto", "fx", "export")
@@ -132,6 +132,4 @@ def _quiet() -> Iterator[None]:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    first = text[0] if text else ""
-    return f"{type(exc).__name__}: {first}"[:300]
+    return f"{type(exc).__name__}: {one_line(exc)}"  # whole sentences, no escape codes

@@ -68,7 +68,7 @@ def check(
         found = (recognized or {}).get(site.layer)
         if scales is None and found is not None and found.equalized:
             ok = found.passes(max_ratio)
-            note = "equilibrium (fold recognized from the weights)" if ok else (
+            note = "equilibrium" if ok else (
                 f"var_ratio above {max_ratio:g} though the weights look folded: "
                 "recalibrate the original weights"
             )  # fmt: skip

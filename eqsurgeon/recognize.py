@@ -12,8 +12,10 @@ relative standard error). A site counts as equalized when
 
 1. the folded explanation fits better by ``EVIDENCE`` χ² units (the difference of the two weighted sums
    of squares; ~9 is "3 standard errors"), and
-2. once the weights are counted the inputs are in equilibrium: max/min of v_i·w_i is at most
-   ``BALANCED``, allowing ``Z`` standard errors of the weights' noise.
+2. the weights remove most of the inputs' imbalance: log max/min of v_i·w_i is at most ``KEEP`` times
+   log max/min of v_i, allowing ``Z`` standard errors of the weights' noise. Not "in equilibrium":
+   measured on other images or at another size than at calibration, a folded site may be off balance
+   (``check`` then says so), and it is still folded.
 
 When the inputs are nearly balanced the two explanations coincide and nothing is recognized (nor
 needs to be: such a site passes ``check`` as it is). The implied scales s_i = sqrt(w_i / mean w) stand
@@ -38,7 +40,7 @@ from torch import nn
 from eqsurgeon.errors import CheckpointError, EqSurgeonError
 from eqsurgeon.records import FusionSite, Moments
 
-BALANCED = 1.5  # the effective max/min variance ratio a recognized site must be within (plus noise)
+KEEP = 0.5  # at most this share of the inputs' log variance spread may remain once the weights count
 EVIDENCE = 9.0  # χ² units by which the fold must explain the weights better than initialization
 Z = 3.0  # standard errors of initialization noise
 
@@ -98,8 +100,9 @@ def judge(variances: Sequence[float], mean_squares: Sequence[float], rel_se: Seq
     # How much better "w_i ∝ 1/v_i" explains the weights than "w_i all equal" (χ² difference)
     evidence = _scatter(log_w, precision) - _scatter(terms, precision)
     # Both tests fail by themselves when the inputs are nearly balanced: the two explanations coincide.
-    equalized = evidence >= EVIDENCE and math.log(effective) <= math.log(BALANCED) + Z * noise
-    return Recognition(scales, max(v) / min(v), max(w) / min(w), effective, noise, evidence, equalized)
+    raw = max(v) / min(v)
+    equalized = evidence >= EVIDENCE and math.log(effective) <= KEEP * math.log(raw) + Z * noise
+    return Recognition(scales, raw, max(w) / min(w), effective, noise, evidence, equalized)
 
 
 def _scatter(x: Sequence[float], precision: Sequence[float]) -> float:

@@ -6,7 +6,7 @@ format                         read from                       the calibration r
 ``.safetensors``               the file                        metadata key ``eqsurgeon`` (JSON text)
 ``.pth``/``.pt``/``.bin``      ``state_dict``/``model`` entry  ``meta["eqsurgeon"]`` (MMSegmentation)
                                (or ``checkpoint_key``)
-transformers folder            ``model.safetensors`` (shards)  ``config.json`` key ``eqsurgeon``
+transformers folder            its ``from_pretrained``         ``config.json`` key ``eqsurgeon``
 smp folder                     ``model.safetensors``           ``config.json`` key ``eqsurgeon``
 =============================  ==============================  ======================================
 
@@ -90,7 +90,10 @@ def read(path: Path | str, key: str | None = None) -> Loaded:
         _no_key(key, path)
         config = read_config(path)
         kind = folder_kind(path, config)
-        tensors = read_folder_weights(path)
+        if kind == "hf":  # transformers renames keys between file and module: let it load them
+            tensors = hf_factory(path, config)().state_dict()
+        else:
+            tensors = read_folder_weights(path)
         source = Source(kind, path, config=config)
         return Loaded(strip_ddp_prefix(tensors), folder_record(path, config), source)
     if not path.is_file():

@@ -75,7 +75,7 @@ def find_state_dict(obj: Any, key: str | None, path: Path) -> dict[str, torch.Te
         if not isinstance(obj, Mapping) or key not in obj:
             raise CheckpointError(
                 f"{path} has no entry {key!r}; its top-level keys are {keys}; "
-                "pass checkpoint_key= one of them"
+                "pass checkpoint_key=NAME with one of them"
             )
         if not _is_state_dict(obj[key]):
             raise CheckpointError(

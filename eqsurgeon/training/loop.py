@@ -124,8 +124,8 @@ def _train(cfg: TrainConfig, resume: bool, on_log: LogFn, info: distributed.Dist
 
         if eq_record is not None and eq_record.equalized_sites:
             raise CheckpointError(
-                f"model.init {cfg.model.init} is already equalized ({eq_record.mode} mode); equalizing again "
-                'would divide by σ twice: set eq.mode = "none" to train it as is'
+                f"{cfg.model.init or cfg.model.name} is already equalized ({eq_record.mode} mode); "
+                'equalizing again would divide by σ twice: set eq.mode = "none" to train it as is'
             )
 
         model, eq_record = equalize_in_loop(model, cfg, train_set, info)
