@@ -29,7 +29,8 @@ PREPROCESSOR = "preprocessor_config.json"
 def hf_factory(folder: Path, config: Mapping[str, Any]) -> Callable[..., nn.Module]:
     """A factory building the semantic-segmentation model of an HF folder, with its weights loaded.
 
-    Keyword arguments go to ``from_pretrained`` (config overrides such as ``num_labels``).
+    Keyword arguments go to ``from_pretrained``: config overrides such as ``num_labels``, and
+    ``ignore_mismatched_sizes=True`` to start a new head on other classes (its weights then re-initialized).
 
     Raises:
         ModelLoadError: transformers knows no semantic-segmentation model for the folder's config.
@@ -41,12 +42,14 @@ def hf_factory(folder: Path, config: Mapping[str, Any]) -> Callable[..., nn.Modu
             model, info = cls.from_pretrained(
                 str(folder), local_files_only=True, output_loading_info=True, **kwargs
             )
+        checked = [("missing_keys", "missing"), ("unexpected_keys", "unexpected")]
+        if not kwargs.get("ignore_mismatched_sizes"):
+            checked.append(("mismatched_keys", "wrong shape"))
         problems = [
             f"{len(info[k])} {label} (e.g. {', '.join(sorted(map(str, info[k]))[:3])})"
-            for k, label in (("missing_keys", "missing"), ("unexpected_keys", "unexpected"),
-                             ("mismatched_keys", "wrong shape"))
+            for k, label in checked
             if info.get(k)
-        ]  # fmt: skip
+        ]
         if problems:
             raise CheckpointError(
                 f"the weights in {folder} do not fit {cls.__name__}: {'; '.join(problems)}; "
