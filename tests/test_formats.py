@@ -162,6 +162,15 @@ def test_check_documents_an_input_error(tmp_path: Path, fmt: str) -> None:
         assert suite.get("errors") == "1" and "does not exist" in suite.find("testcase/error").get("message")
 
 
+def test_junit_failure_carries_the_measured_ratio_and_the_limit() -> None:
+    from fixtures.models import __file__ as models
+
+    res = run("check", f"{models}:iid_pyramid", "--input-size", "64x64", "--format", "junit")
+    assert res.exit_code == 1
+    message = ET.fromstring(res.stdout).find("testcase/failure").get("message")
+    assert message.startswith("var_ratio 2.") and "> max_ratio 1.5" in message
+
+
 def test_transformers_folder_declares_its_image_settings(tmp_path: Path) -> None:
     from eqsurgeon import DataOptions
     from eqsurgeon.images import model_input_size
