@@ -212,19 +212,12 @@ def check(
     Raises:
         CheckpointError: the record names other layers or channel ranges than the model's sites.
     """
-    from eqsurgeon.checking import check as verdicts
-    from eqsurgeon.io import check_record_fits
-    from eqsurgeon.recognize import recognize
+    from eqsurgeon.checking import check_model
 
     check_range("max_ratio", max_ratio, 0.999999)
     done, net = _analyze(model, data, options, measure)
     record = record or done.record
-    recognized = None
-    if record is not None:
-        check_record_fits(record, done.analysis.sites, _label(model))
-    else:
-        recognized = recognize(net, done.analysis.sites, done.analysis.moments)
-    result = verdicts(done.analysis, max_ratio, record, recognized)
+    result = check_model(net, done.analysis, max_ratio, record, _label(model))
     return Checked(done.analysis, record, done.skipped, result)
 
 

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from torch import nn
+
 from eqsurgeon.recognize import Recognition
 from eqsurgeon.records import Analysis, CalibrationRecord
 
@@ -79,6 +81,29 @@ def check(
         note = "equilibrium" if ok else f"var_ratio above {max_ratio:g}: run `eqsurgeon calibrate`"
         verdicts.append(SiteVerdict(site.layer, ratio, ok, scales is not None, note, _origin(scales)))
     return CheckResult(tuple(verdicts), max_ratio)
+
+
+def check_model(
+    model: nn.Module, analysis: Analysis, max_ratio: float, record: CalibrationRecord | None, source: str
+) -> CheckResult:
+    """:func:`check` for a measured model: the record's folded scales, once the record is matched to the
+    sites found, else the scales recognized from ``model``'s weights (``eqsurgeon.recognize``).
+
+    Raises:
+        CheckpointError: the record names other layers or channel ranges than the model's sites.
+
+    >>> from eqsurgeon.records import InputInfo
+    >>> empty = Analysis("m", "fx", None, "eval", InputInfo("synthetic", 1, (8, 8)), (), ())
+    >>> check_model(nn.Identity(), empty, 1.5, None, "m").passed
+    True
+    """
+    from eqsurgeon.io import check_record_fits
+    from eqsurgeon.recognize import recognize
+
+    if record is not None:
+        check_record_fits(record, analysis.sites, source)
+        return check(analysis, max_ratio, record)
+    return check(analysis, max_ratio, None, recognize(model, analysis.sites, analysis.moments))
 
 
 def _origin(scales: tuple[float, ...] | None) -> Literal["record"] | None:

@@ -98,7 +98,7 @@ def build(
     """
     kwargs = dict(kwargs or {})
     record, source = None, None
-    if Path(spec).is_dir():
+    if _names_folder(spec):
         factory, source, record = folder_model(Path(spec))
         label = spec
     else:
@@ -111,6 +111,17 @@ def build(
     elif record is not None:
         check_record_layers(model, record, spec)
     return Built(model, record, source)
+
+
+def _names_folder(spec: str) -> bool:
+    # A folder named like a zoo model (a run folder "upernet_tiny") is the zoo model unless it is a
+    # save_pretrained folder.
+    path = Path(spec)
+    if not path.is_dir():
+        return False
+    from eqsurgeon.registry import is_model
+
+    return (path / "config.json").is_file() or not is_model(spec)
 
 
 def _call(factory: Any, label: str, kwargs: dict[str, Any]) -> nn.Module:

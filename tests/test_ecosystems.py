@@ -16,6 +16,7 @@ from tests._ecosystems import HF_MODELS, SMP_MODELS, run, save_hf, save_mmseg, s
 
 BATCH = ("--batch-size", 4)
 COMMON = (*BATCH, "--workers", 0)  # calibrate and verify read folders with workers
+SLOW = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +60,12 @@ def test_transformers_folder(name: str, images: Path, tmp_path: Path) -> None:
     assert json.loads((tmp_path / "resaved" / "config.json").read_text())["eqsurgeon"] == record
     _check_passes_and_refuses(tmp_path / "resaved", images, tmp_path)
     assert json.loads((tmp_path / "resaved" / "config.json").read_text())["eqsurgeon"] == record
+    # the calibrated folder as --checkpoint of the original one: same verdict
+    as_checkpoint = run("check", fresh, "--checkpoint", tmp_path / "resaved", "--data", images, *BATCH)
+    assert as_checkpoint.exit_code == 0, as_checkpoint.output
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("arch", sorted(SMP_MODELS))
+@pytest.mark.parametrize("arch", [a if a == "FPN" else pytest.param(a, marks=SLOW) for a in SMP_MODELS])
 def test_smp_folder(arch: str, images: Path, tmp_path: Path) -> None:
     import segmentation_models_pytorch as smp
 
@@ -76,7 +79,6 @@ def test_smp_folder(arch: str, images: Path, tmp_path: Path) -> None:
     _check_passes_and_refuses(tmp_path / "resaved", images, tmp_path)
 
 
-@pytest.mark.slow
 def test_mmsegmentation_pth(images: Path, tmp_path: Path) -> None:
     from eqsurgeon.registry import create_model
 
@@ -97,7 +99,6 @@ def test_mmsegmentation_pth(images: Path, tmp_path: Path) -> None:
     assert read(tmp_path / "resaved.pth").record == read(tmp_path / "cal.pth").record
 
 
-@pytest.mark.slow
 def test_a_calibrated_folder_verifies_with_its_own_record(images: Path, tmp_path: Path) -> None:
     save_smp("FPN", tmp_path / "fresh")
     out = tmp_path / "cal"

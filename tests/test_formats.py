@@ -195,3 +195,14 @@ def test_smp_factories_download_nothing_by_default() -> None:
     assert model.config["encoder_weights"] is None
     with pytest.raises(ModelLoadError, match="FPN raised"):
         build("segmentation_models_pytorch:FPN", {"encoder_name": "no-such-encoder"})
+
+
+def test_a_run_folder_named_like_a_zoo_model_does_not_hide_it(tmp_path: Path, monkeypatch) -> None:
+    from eqsurgeon.loading import build
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "upernet_tiny").mkdir()  # e.g. `eqsurgeon train ... --out upernet_tiny`
+    assert build("upernet_tiny", {"num_classes": 3}).source is None
+    (tmp_path / "other").mkdir()
+    with pytest.raises(ModelLoadError, match=r"folder other has no config\.json"):
+        build("other")

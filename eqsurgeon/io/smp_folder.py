@@ -94,8 +94,10 @@ def is_smp_model(model: nn.Module) -> bool:
     """Whether ``model`` is an smp model (which can ``save_pretrained``)."""
     if SMP not in sys.modules:
         return False  # never imported: the model cannot be one
-    from segmentation_models_pytorch.base.hub_mixin import SMPHubMixin
-
+    try:
+        from segmentation_models_pytorch.base.hub_mixin import SMPHubMixin
+    except ImportError:  # smp before 0.3.4 cannot save_pretrained
+        return False
     return isinstance(model, SMPHubMixin)
 
 
