@@ -111,12 +111,18 @@ def analyze(
         options: batch making (:class:`DataOptions`); analyze's default is one batch of 8.
         measure: BN mode and capture frontend.
     """
+    return _analyze(model, data, options, measure)[0]
+
+
+def _analyze(
+    model: ModelLike, data: Data, options: DataOptions | None, measure: MeasureOptions | None
+) -> tuple[Analyzed, nn.Module]:
     from eqsurgeon.capture import capture
     from eqsurgeon.measure import measure as run_measure
     from eqsurgeon.sites import find
 
     opts, how = options or DataOptions(), measure or MeasureOptions()
-    net, record, name = materialize(model, opts)
+    net, record, name, _ = materialize(model, opts)
     require_batch_for_bn(net, opts.batch_size, how.bn_mode)
     batches, source, loader = make_batches(net, data, opts, record, limit=opts.batch_size * opts.batches)
     if loader is not None:
@@ -134,7 +140,7 @@ def analyze(
         InputInfo(source, measured.images, size), findings.sites, findings.add_sites, measured.moments,
         findings.unsearched,
     )  # fmt: skip
-    return Analyzed(analysis, record, _skipped(loader))
+    return Analyzed(analysis, record, _skipped(loader)), net
 
 
 def check(
@@ -143,19 +149,25 @@ def check(
     options: DataOptions | None = None,
     measure: MeasureOptions | None = None,
     max_ratio: float = DEFAULT_MAX_RATIO,
+    record: CalibrationRecord | None = None,
     allow_unsearched: bool = False,
 ) -> Checked:
     """Analyze, then judge each site: it passes when its effective var_ratio ≤ ``max_ratio``.
 
-    Scales folded into the weights (read from the checkpoint's calibration record) count. A leaf module
-    that could not be searched may hide a site: it fails unless ``allow_unsearched``.
+    Scales folded into the weights count: the calibration record's (from the checkpoint, or ``record``
+    for a module), else the scales recognized from the weights themselves (``eqsurgeon.recognize``).
+    A leaf module that could not be searched may hide a site: it fails unless ``allow_unsearched``.
+
+    Raises:
+        CheckpointError: the record names other layers or channel ranges than the model's sites.
     """
-    from eqsurgeon.checking import check as verdicts
+    from eqsurgeon.checking import check_model
 
     check_range("max_ratio", max_ratio, 0.999999)
-    done = analyze(model, data, options, measure)
-    result = verdicts(done.analysis, max_ratio, done.record, allow_unsearched)
-    return Checked(done.analysis, done.record, done.skipped, result)
+    done, net = _analyze(model, data, options, measure)
+    record = record or done.record
+    result = check_model(net, done.analysis, max_ratio, record, _label(model), allow_unsearched)
+    return Checked(done.analysis, record, done.skipped, result)
 
 
 def calibrate(
@@ -174,32 +186,42 @@ def calibrate(
     Args:
         model: a module, a spec or a :class:`ModelRef` (its checkpoint is the starting weights).
         data: an image folder (or batches) of training images.
-        out: ``.safetensors`` to write: the full state dict plus the calibration record.
+        out: where to write the full state dict plus the calibration record: ``.safetensors``,
+            ``.pth``/``.pt`` (MMSegmentation layout, keeping a ``.pth`` source's ``meta``), or a folder
+            (``save_pretrained`` of a transformers or smp model, fold mode).
         options: mode, bias correction, tolerance... (:class:`CalibrationOptions`).
         data_options: batch making; by default the whole folder, batches of 8.
         force: overwrite ``out``.
-        allow_equalized: equalize weights whose record says they already are (scales twice).
+        allow_equalized: equalize weights that already are (by their record, or as recognized from
+            the weights): scales twice.
         progress: called after every measuring batch.
 
     Raises:
         OutputExistsError: ``out`` exists without ``force`` (checked before any work).
         CheckpointError: the weights are already equalized and ``allow_equalized`` is False.
+        OptionError: ``out`` is a folder for a model that has no ``save_pretrained``, or for insert mode.
     """
     from eqsurgeon.calibration import calibrate as run_calibration
-    from eqsurgeon.io import check_output, refuse_double_equalization, save_checkpoint
+    from eqsurgeon.io import check_out, check_writable, refuse_double_equalization, write
+    from eqsurgeon.recognize import refuse_recognized
 
     opts, cal = data_options or DataOptions(), options or CalibrationOptions()
     if out is not None:
-        out = check_output(out, force, (".safetensors",))  # fail before minutes of measuring
+        out = check_out(out, force)  # fail before minutes of measuring
     if data is None:
         raise OptionError("data", None, "is missing; calibrate needs training images")
-    net, record, name = materialize(model, opts)
+    net, record, name, origin = materialize(model, opts)
+    if out is not None:
+        check_writable(out, net, cal.mode)
     refuse_double_equalization(record, _label(model), allow_equalized)
     require_batch_for_bn(net, opts.batch_size, cal.bn_mode)
     batches, _, loader = make_batches(net, data, opts, record, limit=opts.max_images)
     if loader is not None:
         require_batch_for_bn(net, opts.batch_size, cal.bn_mode, len(loader.source.paths))
-    result = run_calibration(net, batches, cal, progress=progress)
+    sites = None  # found by the recognition below, else by the calibration
+    if not allow_equalized:
+        sites = refuse_recognized(net, batches, cal.bn_mode, cal.frontend, _label(model))
+    result = run_calibration(net, batches, cal, sites=sites, progress=progress)
     mean, std = normalization(net, opts, record)
     source = RecordSource(
         model=name, data_fingerprint=loader.source.fingerprint() if loader else "batches",
@@ -209,7 +231,7 @@ def calibrate(
     )  # fmt: skip
     new_record = build_record(result, source)
     if out is not None:
-        save_checkpoint(out, net.state_dict(), new_record, force=force)
+        write(out, net, new_record, origin, force=force)
     return Calibrated(result, new_record, net, Path(out) if out is not None else None, _skipped(loader))
 
 
@@ -235,7 +257,7 @@ def verify(
     from eqsurgeon.verification import verify as run_verify
 
     opts = data_options or DataOptions()
-    net, own, _ = materialize(model, opts)
+    net, own, _, _ = materialize(model, opts)
     record = record or own
     if record is None:
         raise CheckpointError(f"{_label(model)} has no calibration record; pass weights written by calibrate")

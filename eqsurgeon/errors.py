@@ -42,16 +42,22 @@ class OutputExistsError(EqSurgeonError):
 def one_line(exc: BaseException, limit: int = 300) -> str:
     """The first line of an exception's message, whole sentences only, for a one-line error.
 
+    Terminal escape codes are removed, also when their escape character was lost on the way.
+
     >>> one_line(ValueError("bad shape\\nTraceback..."))
     'bad shape'
     >>> one_line(ValueError("Caught DataError in DataLoader worker process 0.\\nOriginal Traceback (most "
     ...                      "recent call last):\\n  File x\\neqsurgeon.errors.DataError: mask m.png is bad"))
     'mask m.png is bad'
+    >>> one_line(ValueError("\\x1b[1mdo this\\x1b[0m, or [1mthat[0m."))
+    'do this, or that.'
     """
     import re
 
-    lines = [s for s in (ln.strip() for ln in unwrap_worker(str(exc)).split("\n")) if s]
-    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", lines[0] if lines else type(exc).__name__)
+    raw = unwrap_worker(str(exc))
+    clean = re.sub(r"\x1b\][^\x07\x1b]*(\x07|\x1b\\)|\x1b?\[[0-9;]*m|\x1b\[[0-9;]*[A-Za-z]", "", raw)
+    lines = [s for s in (ln.strip() for ln in clean.split("\n")) if s]
+    text = lines[0] if lines else type(exc).__name__
     if len(text) <= limit:
         return text
     cut = text[:limit]

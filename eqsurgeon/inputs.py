@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -30,6 +30,9 @@ MAX_SEED = 2**63 - 1  # torch.manual_seed's range
 class ModelRef:
     """A model as the commands name it: a spec, its factory's keyword arguments and a checkpoint.
 
+    The spec may be a ``save_pretrained`` folder (transformers or smp); the checkpoint a ``.safetensors``,
+    ``.pth``/``.pt``/``.bin`` file or such a folder (``eqsurgeon.io.formats``).
+
     >>> ModelRef("upernet_tiny", {"num_classes": 5}).spec
     'upernet_tiny'
     """
@@ -37,6 +40,7 @@ class ModelRef:
     spec: str
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     checkpoint: Path | None = None
+    checkpoint_key: str | None = None  # the entry of a pickled checkpoint with the weights (state_dict_ema)
 
 
 ModelLike = nn.Module | ModelRef | str
@@ -96,6 +100,10 @@ class DataOptions:
         return ImageLimits(self.max_pixels, self.max_aspect)
 
 
+if TYPE_CHECKING:
+    from eqsurgeon.io import Source
+
+
 def synthetic_batches(
     size: tuple[int, int], batch_size: int, count: int = 1, seed: int = 0, device: str = "cpu"
 ) -> list[torch.Tensor]:
@@ -108,16 +116,18 @@ def synthetic_batches(
     return [torch.randn(batch_size, 3, *size, generator=gen).to(device) for _ in range(count)]
 
 
-def materialize(model: ModelLike, opts: DataOptions) -> tuple[nn.Module, CalibrationRecord | None, str]:
-    # (module on the device, its checkpoint's record, the name reports show)
+def materialize(
+    model: ModelLike, opts: DataOptions
+) -> tuple[nn.Module, CalibrationRecord | None, str, Source | None]:
+    # (module on the device, its weights' record, the name reports show, where the weights came from)
     if isinstance(model, nn.Module):
-        return model, None, type(model).__name__
-    from eqsurgeon.loading import load_model_with_record
+        return model, None, type(model).__name__, None
+    from eqsurgeon.loading import build
 
     ref = ModelRef(model) if isinstance(model, str) else model
     torch.manual_seed(opts.seed)  # a fresh model's initialization is part of what is measured
-    net, record = load_model_with_record(ref.spec, ref.kwargs, ref.checkpoint)
-    return net.to(resolve_device(opts.device)), record, ref.spec
+    built = build(ref.spec, ref.kwargs, ref.checkpoint, ref.checkpoint_key)
+    return built.model.to(resolve_device(opts.device)), built.record, ref.spec, built.source
 
 
 def make_batches(

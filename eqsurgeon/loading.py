@@ -1,7 +1,9 @@
 """Turn a model spec string (and an optional checkpoint) into an ``nn.Module``.
 
-Specs: ``path/to/file.py:factory``, ``package.module:factory``, ``torchvision:<name>`` (no weights), or a
-zoo name (``eqsurgeon models``).
+Specs: ``path/to/file.py:factory``, ``package.module:factory``, ``torchvision:<name>`` (no weights), a
+zoo name (``eqsurgeon models``), or a ``save_pretrained`` folder of transformers or
+segmentation_models_pytorch (its weights loaded). Nothing is downloaded: torchvision builders get
+``weights=None`` and smp factories ``encoder_weights=None`` unless the factory arguments say otherwise.
 """
 
 from __future__ import annotations
@@ -12,17 +14,33 @@ import importlib.util
 import inspect
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from eqsurgeon.errors import ModelLoadError, one_line
-from eqsurgeon.io import apply_checkpoint, read_checkpoint
+from eqsurgeon.io import Source, apply_checkpoint, check_record_layers, folder_model, read
 from eqsurgeon.records import CalibrationRecord
 
-SPEC_FORMS = "file.py:factory, package.module:factory, torchvision:<name> or a zoo name"
+SPEC_FORMS = (
+    "file.py:factory, package.module:factory, torchvision:<name>, a zoo name, or a save_pretrained folder "
+    "(transformers or segmentation_models_pytorch)"
+)
+
+
+@dataclass(frozen=True)
+class Built:
+    """A model as loaded: the module, its weights' calibration record, and where the weights came from.
+
+    ``source`` is the checkpoint's (else the model folder's) format and metadata, which ``eqsurgeon.io.write``
+    keeps when writing the weights back in the same format; None for a factory's own weights.
+    """
+
+    model: nn.Module
+    record: CalibrationRecord | None
+    source: Source | None
 
 
 def load_model(
@@ -33,8 +51,8 @@ def load_model(
     Args:
         spec: see the module docstring.
         kwargs: keyword arguments for the factory.
-        checkpoint: ``.safetensors``, or ``.pt``/``.pth``/``.bin`` read with ``weights_only=True``
-            (see ``eqsurgeon.io``).
+        checkpoint: ``.safetensors``, ``.pt``/``.pth``/``.bin`` read with ``weights_only=True``, or a
+            ``save_pretrained`` folder (see ``eqsurgeon.io.formats``).
 
     Raises:
         ModelLoadError: the spec cannot be resolved or the factory fails.
@@ -53,21 +71,73 @@ def load_model_with_record(
 
     The checkpoint is read once; an insert-mode checkpoint gets its equalizer wrappers rebuilt first.
     """
+    built = build(spec, kwargs, checkpoint)
+    return built.model, built.record
+
+
+def build(
+    spec: str,
+    kwargs: Mapping[str, Any] | None = None,
+    checkpoint: Path | str | None = None,
+    checkpoint_key: str | None = None,
+) -> Built:
+    """Build the model a spec names, load a checkpoint of any format into it, and say where both came from.
+
+    Args:
+        spec: see the module docstring.
+        kwargs: keyword arguments for the factory (for a folder: overrides of its config).
+        checkpoint: a file or a ``save_pretrained`` folder (see ``eqsurgeon.io.formats``).
+        checkpoint_key: the entry of a pickled checkpoint holding the weights, e.g. ``state_dict_ema``.
+
+    Raises:
+        ModelLoadError: the spec cannot be resolved or the factory fails.
+        CheckpointError: the checkpoint is missing, unreadable, does not fit, or its record does not.
+
+    >>> build("upernet_tiny", {"num_classes": 3}).source is None
+    True
+    """
     kwargs = dict(kwargs or {})
-    factory, label = _resolve(spec)
+    record, source = None, None
+    if _names_folder(spec):
+        factory, source, record = folder_model(Path(spec))
+        label = spec
+    else:
+        factory, label = _resolve(spec)
+    model = _call(factory, label, kwargs)
+    if checkpoint is not None:
+        loaded = read(checkpoint, checkpoint_key)
+        apply_checkpoint(model, loaded.tensors, loaded.record, checkpoint)
+        record, source = loaded.record, loaded.source
+    elif record is not None:
+        check_record_layers(model, record, spec)
+    return Built(model, record, source)
+
+
+def _names_folder(spec: str) -> bool:
+    # A folder named like a zoo model (a run folder "upernet_tiny") is the zoo model unless it is a
+    # save_pretrained folder.
+    path = Path(spec)
+    if not path.is_dir():
+        return False
+    from eqsurgeon.registry import is_model
+
+    return (path / "config.json").is_file() or not is_model(spec)
+
+
+def _call(factory: Any, label: str, kwargs: dict[str, Any]) -> nn.Module:
+    from eqsurgeon.errors import EqSurgeonError
+
     try:
         model = factory(**kwargs)
+    except EqSurgeonError:
+        raise  # already says what to fix (a folder's weights that do not fit)
     except Exception as exc:
         raise ModelLoadError(
             f"factory {label} raised {type(exc).__name__}: {one_line(exc)}; check its keyword arguments"
         ) from exc
     if not isinstance(model, nn.Module):
         raise ModelLoadError(f"factory {label} returned {type(model).__name__}, not a torch.nn.Module")
-    record = None
-    if checkpoint is not None:
-        state, record = read_checkpoint(checkpoint)
-        apply_checkpoint(model, state, record, checkpoint)
-    return model, record
+    return model
 
 
 def parse_kwargs(pairs: Sequence[str] | None) -> dict[str, Any]:
@@ -90,22 +160,6 @@ def parse_kwargs(pairs: Sequence[str] | None) -> dict[str, Any]:
     return out
 
 
-def main_output(out: Any) -> torch.Tensor:
-    """The main logits of a forward: a tensor, ``dict["out"]``, ``.logits``, or a tuple's first item."""
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, Mapping) and "out" in out:
-        return out["out"]
-    if hasattr(out, "logits"):
-        return out.logits
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-        return out[0]
-    raise ModelLoadError(
-        f"cannot find logits in a forward output of type {type(out).__name__}; return a tensor, "
-        "a dict with 'out', or an object with .logits"
-    )
-
-
 def _resolve(spec: str) -> tuple[Any, str]:
     if spec.startswith("torchvision:"):
         return _torchvision_factory(spec.split(":", 1)[1]), spec
@@ -118,6 +172,10 @@ def _resolve(spec: str) -> tuple[Any, str]:
             )
         module = _import_file(Path(where)) if where.endswith(".py") else _import_module(where)
         factory = getattr(module, name, None)
+        if callable(factory) and where.split(".")[0] == "segmentation_models_pytorch":
+            from eqsurgeon.io.smp_folder import offline_factory
+
+            return offline_factory(factory), spec
         if not callable(factory):
             public = [
                 n

@@ -64,7 +64,7 @@ def check_to_dict(model: str, result: CheckResult) -> dict[str, Any]:
         "max_ratio": result.max_ratio,
         "sites": [
             {"layer": v.layer, "var_ratio": _num(v.ratio), "passed": v.passed, "equalized": v.equalized,
-             "note": v.note}
+             "scales_from": v.scales_from, "note": v.note}
             for v in result.verdicts
         ],
     }  # fmt: skip

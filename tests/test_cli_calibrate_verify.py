@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from eqsurgeon import io as ckpt
 from eqsurgeon.io import load, read_checkpoint, save_checkpoint
 from fixtures.calibration import fuse_two, fuse_two_plain, make_images
 from tests.conftest import run_cli
@@ -210,7 +210,7 @@ def test_interrupt_while_writing_leaves_no_file(images: Path, tmp_path: Path, mo
     def interrupt(fd: int) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ckpt.os, "fsync", interrupt)  # Ctrl-C after the bytes went to the temp file
+    monkeypatch.setattr(os, "fsync", interrupt)  # Ctrl-C after the bytes went to the temp file
     res = calib("fuse_two", images, tmp_path / "o.safetensors")
     assert res.exit_code == 130  # click turns KeyboardInterrupt into exit 130 (128 + SIGINT)
     assert list(tmp_path.iterdir()) == []

@@ -233,7 +233,7 @@ CASES = [
         "analyze",
         "checkpoint-is-folder",
         lambda ws: analyze("--checkpoint", ws.folder("w.safetensors")),
-        "is a folder",
+        "has no config.json",
     ),
     case(
         "analyze",
@@ -432,8 +432,8 @@ CASES = [
     case(
         "calibrate",
         "calibrate-out-suffix",
-        lambda ws: ["calibrate", FX_MODEL, "--data", ws.images(), "--out", ws / "eq.pt"],
-        "must end in .safetensors",
+        lambda ws: ["calibrate", FX_MODEL, "--data", ws.images(), "--out", ws / "eq.txt"],
+        "eq.txt",
     ),
     case(
         "calibrate",
@@ -454,7 +454,7 @@ CASES = [
         "has no calibration record",
     ),
     case(
-        "verify", "verify-checkpoint-folder", lambda ws: verify(ws, ws.folder("w.safetensors")), "is a folder"
+        "verify", "verify-checkpoint-folder", lambda ws: verify(ws, ws.folder("w.safetensors")), "has no config.json"
     ),
     # -- demo-data and models
     case(
@@ -550,7 +550,7 @@ CASES = [
         "train",
         "init-is-folder",
         lambda ws: train(ws, f'model.init="{ws.folder("w.safetensors")}"'),
-        "is a folder",
+        "has no config.json",
         disk=no_run_folder,
     ),
     case(
@@ -646,7 +646,7 @@ CASES = [
         "does not fit this run",
     ),
     case(
-        "eval", "eval-checkpoint-folder", lambda ws: evaluate(ws, ws.folder("w.safetensors")), "is a folder"
+        "eval", "eval-checkpoint-folder", lambda ws: evaluate(ws, ws.folder("w.safetensors")), "has no config.json"
     ),
     case(
         "eval",

@@ -11,7 +11,6 @@ import pytest
 import torch
 from torch import nn
 
-from eqsurgeon import io as ckpt
 from eqsurgeon.errors import CheckpointError, OutputExistsError
 from eqsurgeon.io import (
     load,
@@ -84,9 +83,9 @@ def test_interrupt_during_write_leaves_no_partial_file(tmp_path: Path, monkeypat
         raise KeyboardInterrupt
 
     if where == "write":
-        monkeypatch.setattr(ckpt.os, "fsync", interrupt)  # after bytes hit the temporary file
+        monkeypatch.setattr(os, "fsync", interrupt)  # after bytes hit the temporary file
     else:
-        monkeypatch.setattr(ckpt.os, "replace", interrupt)
+        monkeypatch.setattr(os, "replace", interrupt)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(path, {"w": torch.ones(1000)}, _meta())
     assert list(tmp_path.iterdir()) == []
@@ -96,7 +95,7 @@ def test_interrupt_keeps_the_old_file_when_forcing(tmp_path: Path, monkeypatch) 
     path = tmp_path / "a.safetensors"
     save_checkpoint(path, {"w": torch.ones(3)}, _meta())
     before = path.read_bytes()
-    monkeypatch.setattr(ckpt.os, "fsync", lambda fd: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(path, {"w": torch.zeros(3)}, _meta(), force=True)
     assert path.read_bytes() == before and list(tmp_path.iterdir()) == [path]

@@ -184,6 +184,7 @@ LIBRARY_OPTIONS = frozenset(
         "batches",
         "bias_correction",
         "bn_mode",
+        "checkpoint_key",
         "data",
         "device",
         "force",
@@ -211,7 +212,9 @@ def flag(name: str) -> str:
 ModelArg = Annotated[
     str,
     typer.Argument(
-        help="file.py:factory, package.module:factory, torchvision:<name>, or a zoo name (eqsurgeon models)",
+        help="a zoo name (eqsurgeon models), file.py:factory, package.module:factory, torchvision:<name>, or "
+        "a save_pretrained folder (transformers, segmentation_models_pytorch). Nothing is downloaded: "
+        "torchvision models get weights=None and smp factories encoder_weights=None unless --arg sets them",
         show_default=False,
     ),
 ]
@@ -220,7 +223,20 @@ ArgOpt = Annotated[
     typer.Option("--arg", help="factory keyword argument key=value (Python literal); repeatable"),
 ]
 CheckpointOpt = Annotated[
-    Path | None, typer.Option("--checkpoint", help="state dict: .safetensors, or .pt/.pth (weights only)")
+    Path | None,
+    typer.Option(
+        "--checkpoint",
+        help="weights: .safetensors, .pth/.pt (read weights-only; MMSegmentation/mmengine files too), or a "
+        "save_pretrained folder; a 'module.' prefix is removed",
+    ),
+]
+CheckpointKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--checkpoint-key",
+        help="entry of a .pth/.pt checkpoint that holds the weights, e.g. state_dict_ema or model_ema "
+        "(default: the file itself, else 'state_dict', else 'model')",
+    ),
 ]
 DataOpt = Annotated[
     Path | None, typer.Option("--data", help="folder of images to measure on (default: synthetic input)")
@@ -302,12 +318,12 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
     return size  # type: ignore[return-value]
 
 
-def model_ref(spec: str, arg: list[str] | None, checkpoint: Path | None) -> Any:
-    """The ``ModelRef`` the shared MODEL/--arg/--checkpoint options name."""
+def model_ref(spec: str, arg: list[str] | None, checkpoint: Path | None, key: str | None = None) -> Any:
+    """The ``ModelRef`` the shared MODEL/--arg/--checkpoint/--checkpoint-key options name."""
     from eqsurgeon.api import ModelRef
     from eqsurgeon.loading import parse_kwargs
 
-    return ModelRef(spec, parse_kwargs(arg), checkpoint)
+    return ModelRef(spec, parse_kwargs(arg), checkpoint, key)
 
 
 def human(fmt: str) -> Console:

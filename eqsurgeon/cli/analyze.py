@@ -16,6 +16,7 @@ def analyze(
     model: c.ModelArg,
     arg: c.ArgOpt = None,
     checkpoint: c.CheckpointOpt = None,
+    checkpoint_key: c.CheckpointKeyOpt = None,
     frontend: c.FrontendOpt = "auto",
     data: c.DataOpt = None,
     input_size: c.InputSizeOpt = None,
@@ -39,7 +40,8 @@ def analyze(
     c.check_outputs(json_out, plot, force=force)
     opts = data_options(input_size, batch_size, seed, device, batches=batches)
     opts = with_caps(opts, max_megapixels, max_aspect)
-    done = api.analyze(c.model_ref(model, arg, checkpoint), data, opts, measure_options(bn_mode, frontend))
+    ref = c.model_ref(model, arg, checkpoint, checkpoint_key)
+    done = api.analyze(ref, data, opts, measure_options(bn_mode, frontend))
     out = c.human(fmt)
     print_skipped(c.err_console, done.skipped)
     print_analysis(out, done.analysis)

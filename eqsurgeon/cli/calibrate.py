@@ -1,4 +1,4 @@
-"""``eqsurgeon calibrate``: measure on real images and write a scale-equalized safetensors checkpoint."""
+"""``eqsurgeon calibrate``: measure on real images and write scale-equalized weights in the user's format."""
 
 from __future__ import annotations
 
@@ -38,9 +38,18 @@ AmpOpt = Annotated[bool, typer.Option("--amp", help="measure under bf16 autocast
 def calibrate(
     model: c.ModelArg,
     data: Annotated[Path, typer.Option("--data", help="folder of training images (searched recursively)")],
-    out: Annotated[Path, typer.Option("--out", help="calibrated checkpoint to write (.safetensors)")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="where to write the calibrated weights: .safetensors; .pth/.pt (MMSegmentation layout, "
+            "keeping a .pth checkpoint's meta); or a folder, written by the model's own save_pretrained "
+            "(transformers and smp models, --mode fold). The record travels inside each",
+        ),
+    ],
     arg: c.ArgOpt = None,
     checkpoint: c.CheckpointOpt = None,
+    checkpoint_key: c.CheckpointKeyOpt = None,
     mode: ModeOpt = "fold",
     max_images: c.MaxImagesOpt = None,
     tolerance: ToleranceOpt = 0.005,
@@ -63,7 +72,11 @@ def calibrate(
     json_out: c.JsonOutOpt = None,
 ) -> None:
     """Measure each concat input's μ, σ on --data until σ converges, fold 1/σ into the fusing layers
-    (or insert equalizers), and write --out with the same state-dict keys plus the calibration record."""
+    (or insert equalizers), and write --out with the same state-dict keys plus the calibration record.
+
+    Weights already equalized are refused (exit 2): by their record, or, without one, when their fusing
+    layers' weights are scaled against the measured input variances as a fold leaves them.
+    """
     import torch
 
     from eqsurgeon import api
@@ -71,7 +84,7 @@ def calibrate(
     from eqsurgeon.io import write_json
     from eqsurgeon.report import calibration_to_dict
 
-    c.check_outputs(out, json_out, force=force)  # fail before minutes of measuring, not after
+    c.check_outputs(json_out, force=force)  # fail before minutes of measuring, not after (--out: api)
     opts = data_options(input_size, batch_size, seed, device, max_images, workers, mean, std)
     opts = with_caps(opts, max_megapixels, max_aspect)
     options = CalibrationOptions(
@@ -82,8 +95,8 @@ def calibrate(
     human.print(f"calibrating {model} on {data} ({mode} mode)", markup=False)
     with CalibrationBar(human, max_images) as bar:
         done = api.calibrate(
-            c.model_ref(model, arg, checkpoint), data, out=out, options=options, data_options=opts,
-            force=force, allow_equalized=allow_equalized, progress=bar.update,
+            c.model_ref(model, arg, checkpoint, checkpoint_key), data, out=out, options=options,
+            data_options=opts, force=force, allow_equalized=allow_equalized, progress=bar.update,
         )  # fmt: skip
     print_skipped(c.err_console, done.skipped)
     print_calibration(human, done.result)

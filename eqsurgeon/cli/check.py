@@ -31,6 +31,7 @@ def check_cmd(
     ] = False,
     arg: c.ArgOpt = None,
     checkpoint: c.CheckpointOpt = None,
+    checkpoint_key: c.CheckpointKeyOpt = None,
     frontend: c.FrontendOpt = "auto",
     data: c.DataOpt = None,
     input_size: c.InputSizeOpt = None,
@@ -46,10 +47,16 @@ def check_cmd(
     from eqsurgeon import api
     from eqsurgeon.report import check_to_dict
 
-    opts = data_options(input_size, batch_size, seed, device, batches=batches)
-    opts = with_caps(opts, max_megapixels, max_aspect)
-    how = measure_options(bn_mode, frontend)
-    done = api.check(c.model_ref(model, arg, checkpoint), data, opts, how, max_ratio, allow_unsearched)
+    try:
+        opts = data_options(input_size, batch_size, seed, device, batches=batches)
+        opts = with_caps(opts, max_megapixels, max_aspect)
+        ref = c.model_ref(model, arg, checkpoint, checkpoint_key)
+        how = measure_options(bn_mode, frontend)
+        done = api.check(ref, data, opts, how, max_ratio, allow_unsearched=allow_unsearched)
+    except Exception as exc:  # CI reads the document: it must say what failed, then the boundary exits
+        if fmt != "text":
+            _emit_error(fmt, model, max_ratio, *c.describe(exc))
+        raise
     assert done.result is not None
     out = c.human(fmt)
     print_skipped(c.err_console, done.skipped)
@@ -73,13 +80,35 @@ def _print_text(out: Console, result: CheckResult) -> None:
     for v in verdicts:
         mark = "[green]pass[/]" if v.passed else "[red]FAIL[/]"
         ratio = "-" if v.ratio is None else f"{v.ratio:.3f}"
-        eq = " (folded scales applied)" if v.equalized else ""
+        eq = {"record": " (folded scales applied)", "weights": " (folded scales read from the weights)"}.get(
+            v.scales_from or "", ""
+        )
         out.print(mark, end=" ")
         out.print(f"{v.layer}: var_ratio {ratio}{eq} — {v.note}", markup=False)
     failed = sum(not v.passed for v in verdicts)
     passed = result.passed
     summary = "all sites in equilibrium" if passed else f"{failed} site(s) out of equilibrium"
     out.print(f"[bold]{summary}[/] (max ratio {result.max_ratio:g})")
+
+
+def _emit_error(fmt: str, model: str, max_ratio: float, code: int, message: str) -> None:
+    # The document a CI job gets when check could not run (exit 2; 3 for a bug): one error, no sites.
+    message = " ".join(message.split())
+    if fmt == "json":
+        c.emit_json(
+            {"model": model, "passed": False, "max_ratio": max_ratio, "sites": [], "error": message,
+             "exit_code": code}
+        )  # fmt: skip
+        return
+    typer.echo(
+        "\n".join([
+            '<?xml version="1.0" encoding="utf-8"?>',
+            '<testsuite name="eqsurgeon.check" tests="1" failures="0" errors="1">',
+            f"  <testcase classname={quoteattr(model)} name=\"check\"><error message={quoteattr(message)} "
+            f'type="exit {code}"/></testcase>',
+            "</testsuite>",
+        ])
+    )  # fmt: skip
 
 
 def _as_junit(model: str, result: CheckResult) -> str:

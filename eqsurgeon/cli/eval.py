@@ -15,7 +15,10 @@ from eqsurgeon.training.config import load_config
 @handle_errors
 def evaluate(
     recipe: RecipeArg,
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="weights to evaluate (.safetensors)")],
+    checkpoint: Annotated[
+        Path,
+        typer.Option("--checkpoint", help="weights: .safetensors, .pth/.pt or a save_pretrained folder"),
+    ],
     data: DataDirOpt = None,
     set_: SetOpt = None,
 ) -> None:

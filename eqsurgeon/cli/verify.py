@@ -15,8 +15,16 @@ from eqsurgeon.cli._render import data_options, print_skipped, text, with_caps
 @c.handle_errors
 def verify(
     model: c.ModelArg,
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="checkpoint written by calibrate")],
     data: Annotated[Path, typer.Option("--data", help="folder of images, ideally held out")],
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoint",
+            help="weights written by calibrate (any format); default: MODEL itself, when it is a calibrated "
+            "save_pretrained folder",
+        ),
+    ] = None,
+    checkpoint_key: c.CheckpointKeyOpt = None,
     arg: c.ArgOpt = None,
     max_images: c.MaxImagesOpt = None,
     batch_size: c.BatchSizeOpt = c.BATCH_SIZE,
@@ -47,12 +55,12 @@ def verify(
     c.check_outputs(json_out, force=force)
     opts = data_options(input_size, batch_size, seed, device, max_images, workers, mean, std)
     opts = with_caps(opts, max_megapixels, max_aspect)
-    done = api.verify(c.model_ref(model, arg, checkpoint), data, opts, bn_mode)
+    done = api.verify(c.model_ref(model, arg, checkpoint, checkpoint_key), data, opts, bn_mode)
     human = c.human(fmt)
     print_skipped(c.err_console, done.skipped)
     result = done.verification
     human.print(
-        f"verified {checkpoint} ({done.record.mode} mode) on {result.images} image(s) at "
+        f"verified {checkpoint or model} ({done.record.mode} mode) on {result.images} image(s) at "
         f"{done.size[0]}x{done.size[1]}, BN on {result.bn_mode} statistics",
         markup=False,
     )
@@ -67,7 +75,7 @@ def verify(
                 f"{inp.var:.4f}",
             )  # fmt: skip
         human.print(table)
-    document = verification_to_dict(str(checkpoint), done.record, result)
+    document = verification_to_dict(str(checkpoint or model), done.record, result)
     if fmt == "json":
         c.emit_json(document)
     if json_out is not None:

@@ -5,6 +5,11 @@
 
 Every key has a default, so a recipe states only what differs. ``--set section.key=value`` overrides a key
 with a TOML value (``--set optim.lr=1e-4``, ``--set data.crop_size=[256,256]``).
+
+TOML has no null. A factory argument that must be ``None`` is written ``{ none = true }``
+(``kwargs = { encoder_weights = { none = true } }``, or ``--set 'model.kwargs.aux_params={none=true}'``);
+the recipe keeps that spelling (so a run folder's config.toml reads back the same), and
+:func:`factory_kwargs` turns it into ``None`` when the model is built.
 """
 
 from __future__ import annotations
@@ -23,9 +28,9 @@ from eqsurgeon.training.ranges import check_ranges
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = ""  # model spec: zoo name, file.py:factory or package.module:factory
-    kwargs: dict[str, Any] = field(default_factory=dict)  # factory keyword arguments
-    init: str = ""  # checkpoint to start from (calibrated or pretrained); --init overrides
+    name: str = ""  # spec: zoo name, file.py:factory, package.module:factory or a save_pretrained folder
+    kwargs: dict[str, Any] = field(default_factory=dict)  # factory keyword arguments; None is { none = true }
+    init: str = ""  # checkpoint (file or save_pretrained folder) to start from; --init overrides
     drop_path_rate: float | None = None  # stochastic depth of the backbone's last block; [] = the model's own
 
 
@@ -143,6 +148,28 @@ CHOICES = {
     "run.device": ("auto", "cpu", "cuda"),
     "run.amp": ("none", "bf16", "fp16"),
 }
+
+
+NONE = {"none": True}  # the recipe spelling of None
+
+
+def factory_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The factory's keyword arguments with every ``{ none = true }`` (at any depth) replaced by None.
+
+    >>> factory_kwargs({"encoder_weights": {"none": True}, "aux_params": {"classes": 3}})
+    {'encoder_weights': None, 'aux_params': {'classes': 3}}
+    """
+    return {k: _none(v) for k, v in kwargs.items()}
+
+
+def _none(value: Any) -> Any:
+    if value == NONE:
+        return None
+    if isinstance(value, dict):
+        return {k: _none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_none(v) for v in value]
+    return value
 
 
 def load_config(path: Path | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:

@@ -105,11 +105,10 @@ def evaluate_checkpoint(cfg: TrainConfig, checkpoint: Path) -> SegMetrics:
     d = cfg.data
     if not d.root and d.format != "synthetic":
         raise RecipeError("no dataset: set data.root in the recipe or pass --data DIR")
-    if Path(checkpoint).is_dir():
-        raise CheckpointError(f"checkpoint {checkpoint} is a folder; pass a .safetensors file inside it")
-    if not Path(checkpoint).is_file():
+    if not Path(checkpoint).exists():
         raise CheckpointError(
-            f"checkpoint {checkpoint} does not exist; pass a .safetensors from a run folder"
+            f"checkpoint {checkpoint} does not exist; pass a .safetensors from a run folder, a .pth or a "
+            "save_pretrained folder"
         )
     dataset = make_datasets(cfg)[1]
     info = distributed.setup(cfg.run.device)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eqsurgeon.training.losses import split_outputs
+from eqsurgeon.outputs import split_outputs
 
 
 def predict(

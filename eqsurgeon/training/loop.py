@@ -33,6 +33,7 @@ from eqsurgeon.io import (
     record_to_json,
     write_json,
 )
+from eqsurgeon.outputs import split_outputs
 from eqsurgeon.records import CalibrationRecord
 from eqsurgeon.training import distributed, rundir
 from eqsurgeon.training.augment import PaddedBatch
@@ -47,7 +48,7 @@ from eqsurgeon.training.checkpoint import (
 from eqsurgeon.training.config import TrainConfig
 from eqsurgeon.training.datasets import make_datasets
 from eqsurgeon.training.evaluate import autocast, evaluate, to_input
-from eqsurgeon.training.losses import segmentation_loss, split_outputs
+from eqsurgeon.training.losses import segmentation_loss
 from eqsurgeon.training.metrics import SegMetrics
 from eqsurgeon.training.model import build_model, init_record
 from eqsurgeon.training.optim import build_optimizer, build_scheduler
@@ -127,8 +128,8 @@ def _train(cfg: TrainConfig, resume: bool, on_log: LogFn, info: distributed.Dist
 
         if eq_record is not None and eq_record.equalized_sites:
             raise CheckpointError(
-                f"model.init {cfg.model.init} is already equalized ({eq_record.mode} mode); equalizing again "
-                'would divide by σ twice: set eq.mode = "none" to train it as is'
+                f"{cfg.model.init or cfg.model.name} is already equalized ({eq_record.mode} mode); "
+                'equalizing again would divide by σ twice: set eq.mode = "none" to train it as is'
             )
 
         model, eq_record = equalize_in_loop(model, cfg, train_set, info)

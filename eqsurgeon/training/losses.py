@@ -14,24 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-
-def split_outputs(out: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(main logits, auxiliary logits or None) from a model's training-mode output.
-
-    Accepts a tensor, a ``(main, aux)`` tuple/list, a dict with ``"out"`` (and ``"aux"``, torchvision's
-    convention) or an object with ``.logits``.
-
-    >>> m = torch.zeros(1, 2, 4, 4)
-    >>> split_outputs((m, m))[1] is m, split_outputs({"out": m})[1]
-    (True, None)
-    """
-    if isinstance(out, torch.Tensor):
-        return out, None
-    if isinstance(out, tuple | list):
-        return out[0], (out[1] if len(out) > 1 else None)
-    if isinstance(out, dict):
-        return out["out"], out.get("aux")
-    return out.logits, None
+from eqsurgeon.outputs import split_outputs
 
 
 def cross_entropy(

@@ -1,4 +1,5 @@
-"""Build the recipe's model: a zoo name, ``file.py:factory`` or ``package.module:factory``."""
+"""Build the recipe's model: a zoo name, ``file.py:factory``, ``package.module:factory`` or a
+``save_pretrained`` folder (transformers, segmentation_models_pytorch)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ from pathlib import Path
 from torch import nn
 
 from eqsurgeon.errors import RecipeError
-from eqsurgeon.io import read_checkpoint
+from eqsurgeon.io import folder_model, read_checkpoint
 from eqsurgeon.loading import load_model
 from eqsurgeon.records import CalibrationRecord
-from eqsurgeon.training.config import ModelConfig
+from eqsurgeon.training.config import ModelConfig, factory_kwargs
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
@@ -23,7 +24,7 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     """
     if not cfg.name:
         raise RecipeError("no model: set model.name in the recipe (a zoo name or file.py:factory)")
-    model = load_model(cfg.name, dict(cfg.kwargs), Path(cfg.init) if cfg.init else None).train()
+    model = load_model(cfg.name, factory_kwargs(cfg.kwargs), Path(cfg.init) if cfg.init else None).train()
     if cfg.drop_path_rate is not None:
         from eqsurgeon.training.drop_path import set_drop_path_rate
 
@@ -32,7 +33,9 @@ def build_model(cfg: ModelConfig) -> nn.Module:
 
 
 def init_record(cfg: ModelConfig) -> CalibrationRecord | None:
-    """The calibration record the ``init`` checkpoint carries, if any."""
-    if not cfg.init:
-        return None
-    return read_checkpoint(cfg.init)[1]
+    """The calibration record of the starting weights: the ``init`` checkpoint's, else a model folder's."""
+    if cfg.init:
+        return read_checkpoint(cfg.init)[1]
+    if cfg.name and Path(cfg.name).is_dir():
+        return folder_model(Path(cfg.name))[2]
+    return None

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from eqsurgeon.errors import RecipeError
-
-if TYPE_CHECKING:
-    from eqsurgeon.training.config import TrainConfig
 
 MAX_SIDE = 16384  # as eqsurgeon.api.MAX_SIDE: a larger side is a typo, and would not fit in memory
 MAX_PIXELS = 2**26  # 64 MP per crop: 8192 × 8192
@@ -106,7 +103,7 @@ RANGES: dict[str, Range] = {
 }
 
 
-def check_ranges(cfg: TrainConfig, source: str) -> None:
+def check_ranges(cfg: Any, source: str) -> None:  # cfg: a TrainConfig (config.py imports this module)
     """Raise :class:`RecipeError` naming the first key whose value is out of range.
 
     >>> from eqsurgeon.training.config import TrainConfig, ScheduleConfig
@@ -124,7 +121,7 @@ def check_ranges(cfg: TrainConfig, source: str) -> None:
     _check_related(cfg, source)
 
 
-def _check_related(cfg: TrainConfig, source: str) -> None:
+def _check_related(cfg: Any, source: str) -> None:
     # Limits that tie two keys together.
     low, high = cfg.data.ratio_range
     if low > high:

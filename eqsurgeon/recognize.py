@@ -1,0 +1,231 @@
+"""Recognize a fold-equalized fusing layer from its weights and its measured inputs alone.
+
+A fold calibration divides input slice i of the fusing layer's weight by σ_i and leaves the features
+unchanged. So in a folded layer the mean squared weight per input channel, w_i, is proportional to
+1/v_i, where v_i = σ_i² is the input's measured variance; at initialization w_i is the same for every
+slice up to noise (weights are drawn i.i.d.). Two explanations of the weights are compared:
+
+    "not folded":  log w_i = c                 "folded":  log w_i + log v_i = c
+
+each with the noise of log w_i, estimated from the spread of the squared weights inside slice i (its
+relative standard error). A site counts as equalized when
+
+1. the folded explanation fits better by ``EVIDENCE`` χ² units (the difference of the two weighted sums
+   of squares; ~9 is "3 standard errors"), and
+2. the weights remove most of the inputs' imbalance: log max/min of v_i·w_i is at most ``KEEP`` times
+   log max/min of v_i, allowing ``Z`` standard errors of the weights' noise. Not "in equilibrium":
+   measured on other images or at another size than at calibration, a folded site may be off balance
+   (``check`` then says so), and it is still folded.
+
+When the inputs are nearly balanced the two explanations coincide and nothing is recognized (nor
+needs to be: such a site passes ``check`` as it is). The implied scales s_i = sqrt(w_i / mean w) stand
+in for the record's folded 1/σ_i (var_ratio is scale-free, so only their ratios matter).
+docs/recognition.md says where this can be fooled.
+
+>>> judge([4.0, 1.0], [0.25, 1.0], [0.02, 0.02]).equalized
+True
+>>> judge([4.0, 1.0], [1.0, 1.0], [0.02, 0.02]).equalized
+False
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from eqsurgeon.errors import CheckpointError, EqSurgeonError
+from eqsurgeon.records import FusionSite, Moments
+
+KEEP = 0.5  # at most this share of the inputs' log variance spread may remain once the weights count
+EVIDENCE = 9.0  # χ² units by which the fold must explain the weights better than initialization
+Z = 3.0  # standard errors of initialization noise
+
+
+@dataclass(frozen=True)
+class Recognition:
+    """What the weights of one site say about a fold.
+
+    Attributes:
+        scales: weight-implied input scales s_i (relative; 1 everywhere when the weights are balanced).
+        raw_ratio: max/min input variance.
+        weight_ratio: max/min mean squared weight per input channel over the slices.
+        effective_ratio: max/min of v_i·s_i², the var_ratio once the weights are counted.
+        noise: standard error of log(effective_ratio) from the initialization noise of the weights.
+        evidence: χ²("all w_i equal") − χ²("w_i ∝ 1/v_i"): positive when the weights look folded.
+        equalized: both conditions of the module docstring hold.
+    """
+
+    scales: tuple[float, ...]
+    raw_ratio: float
+    weight_ratio: float
+    effective_ratio: float
+    noise: float
+    evidence: float
+    equalized: bool
+
+    def passes(self, max_ratio: float) -> bool:
+        """Recognized, and its effective ratio is not above ``max_ratio`` by more than the noise allows."""
+        return self.equalized and math.log(self.effective_ratio) <= math.log(max_ratio) + Z * self.noise
+
+
+def judge(variances: Sequence[float], mean_squares: Sequence[float], rel_se: Sequence[float]) -> Recognition:
+    """Decide whether per-slice weights compensate per-input variances (pure math; see module docstring).
+
+    Args:
+        variances: measured variance v_i of each concat input.
+        mean_squares: mean squared weight per input channel w_i of each input's weight slice.
+        rel_se: relative standard error of each w_i, from the spread of the squared weights in its slice.
+
+    >>> r = judge([0.34, 0.085], [1.0, 4.1], [0.05, 0.05])
+    >>> r.equalized, round(r.effective_ratio, 2)
+    (True, 1.02)
+    """
+    v = [float(x) for x in variances]
+    w = [float(x) for x in mean_squares]
+    se = [float(x) for x in rel_se]
+    if len(v) < 2 or min(v) <= 0 or min(w) <= 0 or min(se) <= 0 or not all(map(math.isfinite, v + w + se)):
+        return Recognition((1.0,) * len(v), math.inf, math.inf, math.inf, math.inf, -math.inf, False)
+    log_v, log_w = [math.log(x) for x in v], [math.log(x) for x in w]
+    precision = [1 / (x * x) for x in se]  # SE of log w_i ≈ relative SE of w_i
+    mean_log_w = sum(log_w) / len(w)
+    scales = tuple(math.exp((x - mean_log_w) / 2) for x in log_w)
+    terms = [a + b for a, b in zip(log_v, log_w, strict=True)]
+    effective = math.exp(max(terms) - min(terms))
+    hi, lo = terms.index(max(terms)), terms.index(min(terms))
+    noise = math.hypot(se[hi], se[lo])
+    # How much better "w_i ∝ 1/v_i" explains the weights than "w_i all equal" (χ² difference)
+    evidence = _scatter(log_w, precision) - _scatter(terms, precision)
+    # Both tests fail by themselves when the inputs are nearly balanced: the two explanations coincide.
+    raw = max(v) / min(v)
+    equalized = evidence >= EVIDENCE and math.log(effective) <= KEEP * math.log(raw) + Z * noise
+    return Recognition(scales, raw, max(w) / min(w), effective, noise, evidence, equalized)
+
+
+def _scatter(x: Sequence[float], precision: Sequence[float]) -> float:
+    # weighted sum of squares around the weighted mean: the χ² of "all x_i are equal"
+    mean = sum(a * p for a, p in zip(x, precision, strict=True)) / sum(precision)
+    return sum(p * (a - mean) ** 2 for a, p in zip(x, precision, strict=True))
+
+
+def slice_statistics(
+    weight: torch.Tensor, op: str, groups: int, ranges: Sequence[tuple[int, int]]
+) -> tuple[list[float], list[float]]:
+    """Per input range: the mean squared weight per input channel, and its relative standard error.
+
+    The layout follows ``eqsurgeon.equalize``: conv [out, in/groups, *k] (input channel c in group
+    c // (in/groups)), ConvTranspose [in, out/groups, *k], Linear [out, in].
+
+    >>> ms, se = slice_statistics(torch.ones(3, 4), "linear", 1, [(0, 2), (2, 4)])
+    >>> ms, se
+    ([1.0, 1.0], [0.0, 0.0])
+    """
+    squares = _per_channel_squares(weight.detach().double(), op, groups)  # [in, weights per channel]
+    means, rel_se = [], []
+    for start, stop in ranges:
+        chunk = squares[start:stop].reshape(-1)
+        mean = float(chunk.mean())
+        spread = float(chunk.std()) if chunk.numel() > 1 else math.inf
+        means.append(mean)
+        rel_se.append(spread / (mean * math.sqrt(chunk.numel())) if mean > 0 else math.inf)
+    return means, rel_se
+
+
+def recognize(
+    model: nn.Module, sites: Sequence[FusionSite], moments: Mapping[str, Sequence[Moments]]
+) -> dict[str, Recognition]:
+    """Judge every measured ok site against ``model``'s current weights, by layer.
+
+    >>> from eqsurgeon.records import Subject
+    >>> conv = nn.Conv2d(64, 8, 1)
+    >>> with torch.no_grad():
+    ...     conv.weight[:, 32:] *= 2.0  # what folding σ = (1, 0.5) leaves
+    >>> site = FusionSite("", "conv2d", 1, (Subject((0, 32), "a"), Subject((32, 64), "b")))
+    >>> found = recognize(conv, [site], {"": (Moments(100, 0.0, 1.0), Moments(100, 0.0, 0.25))})
+    >>> found[""].equalized, round(found[""].effective_ratio, 1)
+    (True, 1.0)
+    """
+    out = {}
+    for site in sites:
+        measured = moments.get(site.layer)
+        weight = _weight(model, site)
+        if not site.ok or not measured or weight is None:
+            continue
+        means, rel_se = slice_statistics(weight, site.op, site.groups, [s.channels for s in site.subjects])
+        out[site.layer] = judge([m.var for m in measured], means, rel_se)
+    return out
+
+
+def find_equalized(
+    model: nn.Module, batch: torch.Tensor, bn_mode: str = "auto", frontend: str = "auto"
+) -> tuple[list[FusionSite], dict[str, Recognition]]:
+    """Find the sites on one batch, measure them on it, and judge each (calibrate's check before folding).
+
+    >>> from fixtures.calibration import fuse_1x1
+    >>> sites, found = find_equalized(fuse_1x1(), torch.randn(4, 3, 16, 16))
+    >>> [r.equalized for r in found.values()]
+    [False]
+    """
+    from eqsurgeon.measure import measure
+    from eqsurgeon.sites import find_sites
+
+    sites = find_sites(model, batch, frontend)
+    measured = measure(model, sites, [batch], bn_mode)
+    return sites, recognize(model, sites, measured.moments)
+
+
+def refuse_recognized(
+    model: nn.Module, batches: Iterable[torch.Tensor], bn_mode: str, frontend: str, label: str
+) -> list[FusionSite]:
+    """Raise when weights without a record look folded already; else return the sites found.
+
+    Judged on the first batch, before anything is folded; calibrate hands the sites on to the
+    calibration, which then captures no second time.
+
+    Raises:
+        CheckpointError: some site is recognized as equalized (``allow_equalized=True`` skips this check).
+    """
+    first = next(iter(batches), None)
+    if first is None:
+        raise EqSurgeonError("no batch to calibrate on; pass data= a folder with images")
+    sites, found = find_equalized(model, first, bn_mode, frontend)
+    folded = [(layer, r) for layer, r in found.items() if r.equalized]
+    if folded:
+        layer, r = folded[0]
+        raise CheckpointError(
+            f"{label} looks scale-equalized already, though it carries no calibration record: at {layer} "
+            f"the weight slices are scaled against the input variances (var_ratio {r.raw_ratio:.2f}, "
+            f"{r.effective_ratio:.2f} once the weights count; {len(folded)} site(s) like it), as a fold "
+            "leaves them, so calibrating again would divide the weights by σ a second time. Calibrate the "
+            "original weights, or pass allow_equalized=True to equalize on top"
+        )
+    return sites
+
+
+def recognized_scales(found: Mapping[str, Recognition]) -> dict[str, tuple[float, ...]]:
+    """The weight-implied scales of the sites recognized as equalized, by layer."""
+    return {layer: r.scales for layer, r in found.items() if r.equalized}
+
+
+def _weight(model: nn.Module, site: FusionSite) -> torch.Tensor | None:
+    try:
+        module = model.get_submodule(site.layer)
+    except AttributeError:
+        return None
+    weight = getattr(module, "weight", None)
+    return weight if isinstance(weight, torch.Tensor) else None
+
+
+def _per_channel_squares(w: torch.Tensor, op: str, groups: int) -> torch.Tensor:
+    # Squared weights regrouped as [input channel, every weight that multiplies it].
+    sq = w * w
+    if op == "linear":
+        return sq.t()
+    if op.startswith("conv_transpose"):
+        return sq.flatten(1)
+    out_channels, in_per_group = sq.shape[0], sq.shape[1]
+    per = sq.flatten(2).view(groups, out_channels // groups, in_per_group, -1)  # [g, out/g, in/g, k]
+    return per.permute(0, 2, 1, 3).reshape(groups * in_per_group, -1)
