@@ -454,7 +454,10 @@ CASES = [
         "has no calibration record",
     ),
     case(
-        "verify", "verify-checkpoint-folder", lambda ws: verify(ws, ws.folder("w.safetensors")), "has no config.json"
+        "verify",
+        "verify-checkpoint-folder",
+        lambda ws: verify(ws, ws.folder("w.safetensors")),
+        "has no config.json",
     ),
     # -- demo-data and models
     case(
@@ -646,7 +649,10 @@ CASES = [
         "does not fit this run",
     ),
     case(
-        "eval", "eval-checkpoint-folder", lambda ws: evaluate(ws, ws.folder("w.safetensors")), "has no config.json"
+        "eval",
+        "eval-checkpoint-folder",
+        lambda ws: evaluate(ws, ws.folder("w.safetensors")),
+        "has no config.json",
     ),
     case(
         "eval",
