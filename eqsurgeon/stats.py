@@ -30,3 +30,12 @@ def var_ratio(variances: Sequence[float], scales: Sequence[float] | None = None)
     if not variances or not all(math.isfinite(v) for v in variances) or min(variances) <= 0:
         return math.inf
     return round(max(variances) / min(variances), 12)
+
+
+def grad_ratio(rms: Sequence[float]) -> float:
+    """Largest over smallest weight-gradient RMS of a site's input slices; ``inf`` as in :func:`var_ratio`.
+
+    >>> grad_ratio([0.5, 2.0])
+    4.0
+    """
+    return var_ratio(rms)

@@ -27,6 +27,14 @@ def analyze(
     fmt: c.FormatOpt = "text",
     json_out: c.JsonOutOpt = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="bar chart of input variances (PNG)")] = None,
+    gradients: Annotated[
+        bool,
+        typer.Option(
+            "--gradients",
+            help="also run a backward and measure each input's weight-gradient RMS (cross-entropy with "
+            "--data images/ + masks/, else a random projection of the logits)",
+        ),
+    ] = False,
     force: c.ForceOpt = False,
 ) -> None:
     """Find every upsample → concat → conv/linear site and measure its input scales."""
@@ -36,7 +44,8 @@ def analyze(
 
     c.check_outputs(json_out, plot, force=force)
     opts = data_options(input_size, batch_size, seed, device, batches=batches)
-    done = api.analyze(c.model_ref(model, arg, checkpoint), data, opts, measure_options(bn_mode, frontend))
+    how = measure_options(bn_mode, frontend, gradients)
+    done = api.analyze(c.model_ref(model, arg, checkpoint), data, opts, how)
     out = c.human(fmt)
     print_skipped(c.err_console, done.skipped)
     print_analysis(out, done.analysis)
