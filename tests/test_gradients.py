@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from eqsurgeon.equalize import InputStat, fold_into, insert_equalizers
+from eqsurgeon.grad_hooks import GradRatioHooks
 from eqsurgeon.gradients import (
-    GradRatioHooks,
     RandomProjection,
     cross_entropy,
     grad_ratio,

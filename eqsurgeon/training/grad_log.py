@@ -2,7 +2,7 @@
 
 The sites are found once, on the model as it will train (fresh, folded, or with insert mode's
 equalizers), by capturing it on a zero batch of the crop size. Hooks on the fusing weights then read the
-gradients the training step computes anyway (:class:`eqsurgeon.gradients.GradRatioHooks`): no extra
+gradients the training step computes anyway (:class:`eqsurgeon.grad_hooks.GradRatioHooks`): no extra
 forward or backward, and one reduction per fusing weight on the logged steps only. A model that cannot
 be captured trains as before, without the ratios.
 """
@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from eqsurgeon.errors import EqSurgeonError
-from eqsurgeon.gradients import GradRatioHooks
+from eqsurgeon.grad_hooks import GradRatioHooks
 from eqsurgeon.training.config import TrainConfig
 
 
