@@ -85,3 +85,29 @@ def test_fresh_fold_insert_grad_ratio_on_the_tiny_zoo(name: str, demo: Path) -> 
         assert all(math.isfinite(v) and v >= 1 for v in ratios.values())
         if name == "upernet_tiny" or var_ratio >= 2:
             assert ratios["insert"] < ratios["fresh"], (site.layer, ratios)
+
+
+
+def test_a_checkpoint_in_insert_state_is_measured_behind_its_equalizers(tmp_path: Path) -> None:
+    spec = "fixtures/calibration.py:fuse_two"
+    opts = DataOptions(input_size=(16, 16), batch_size=4, device="cpu")
+    out = tmp_path / "insert.safetensors"
+    cal = CalibrationOptions(mode="insert", min_batches=2)
+    done = calibrate(ModelRef(spec), _batches(), out=out, options=cal, data_options=opts)
+    how = MeasureOptions(gradients=True)
+    from_file = analyze(ModelRef(spec, checkpoint=out), _batches()[:1], opts, how)  # rebuilt from its record
+    in_memory = analyze(done.model, _batches()[:1], opts, how).analysis
+    assert from_file.record is not None and from_file.record.mode == "insert"
+    sites = [s for s in from_file.analysis.sites if s.ok]
+    assert [original_layer(done.model, s.layer) for s in sites] == ["fuse", "fuse2"]
+    for site in sites:
+        assert site.layer.endswith(".layer")
+        got = [g.rms for g in from_file.analysis.gradients[site.layer]]
+        assert got == pytest.approx([g.rms for g in in_memory.gradients[site.layer]], rel=1e-6)
+
+
+def _batches() -> list:
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    return [torch.randn(4, 3, 16, 16, generator=gen) for _ in range(2)]
