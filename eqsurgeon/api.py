@@ -46,10 +46,19 @@ FRONTENDS = ("auto", "fx", "export")
 
 @dataclass(frozen=True)
 class MeasureOptions:
-    """How analyze and check measure: BN mode, capture frontend."""
+    """How analyze and check measure: BN mode, capture frontend, and whether to measure gradients.
+
+    Attributes:
+        bn_mode: "auto", "batch" or "eval" (see :func:`eqsurgeon.measure.measure`).
+        frontend: "auto", "fx" or "export".
+        gradients: also run a backward and measure each input's weight-gradient RMS
+            (:func:`eqsurgeon.gradients.measure_gradients`): cross-entropy when the data is a
+            segmentation folder (images/ + masks/), else a random projection of the logits.
+    """
 
     bn_mode: str = "auto"
     frontend: str = "auto"
+    gradients: bool = False
 
     def __post_init__(self) -> None:
         from eqsurgeon.measure import BN_MODES
@@ -140,6 +149,8 @@ def _analyze(
         InputInfo(source, measured.images, size), findings.sites, findings.add_sites, measured.moments,
         findings.unsearched,
     )  # fmt: skip
+    if how.gradients:
+        analysis = _with_gradients(analysis, net, data, batches, opts, record)
     return Analyzed(analysis, record, _skipped(loader)), net
 
 
@@ -266,6 +277,27 @@ def verify(
     require_batch_for_bn(net, opts.batch_size, bn_mode or record.bn_mode, images)
     result = run_verify(net, batches, record, bn_mode)
     return Verified(result, record, input_size(net, opts, record), _skipped(loader))
+
+
+def _with_gradients(
+    analysis: Analysis, net: nn.Module, data: Data, batches: Iterable[torch.Tensor], opts: DataOptions,
+    record: CalibrationRecord | None,
+) -> Analysis:
+    # The backward runs on the images the moments came from, with their masks when the folder has them.
+    from dataclasses import replace
+
+    from eqsurgeon.gradients import measure_gradients
+    from eqsurgeon.labeled import labeled_batches, segmentation_dirs
+
+    if isinstance(data, (str, Path)) and segmentation_dirs(data) is not None:
+        mean, std = normalization(net, opts, record)
+        device = next((p.device for p in net.parameters()), torch.device("cpu"))
+        pairs = labeled_batches(
+            data, analysis.input.size, opts.batch_size, mean, std, opts.batch_size * opts.batches, opts.seed
+        )  # fmt: skip
+        batches = [(x.to(device), y.to(device)) for x, y in pairs]
+    done = measure_gradients(net, analysis.sites, batches, bn_mode=analysis.bn_mode)
+    return replace(analysis, gradients=done.gradients, grad_loss=done.loss)
 
 
 def _skipped(loader: Any) -> tuple[Skipped, ...]:

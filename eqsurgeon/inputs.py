@@ -141,6 +141,7 @@ def make_batches(
     if not isinstance(data, (str, Path)):
         return [b.to(device) for b in data], "batches", None
     from eqsurgeon.images import image_loader
+    from eqsurgeon.labeled import image_root
 
     mean, std = normalization(net, opts, record)
     loader_options = LoaderOptions(
@@ -148,7 +149,8 @@ def make_batches(
         workers=opts.workers, max_images=limit, seed=opts.seed, pin_memory=device.startswith("cuda"),
         limits=opts.limits,
     )  # fmt: skip
-    loader, _ = image_loader(data, loader_options)
+    # a segmentation folder's images/ only: its masks are not inputs
+    loader, _ = image_loader(image_root(data), loader_options)
     return _OnDevice(loader, device), str(data), loader
 
 

@@ -135,6 +135,28 @@ class Moments:
 
 
 @dataclass(frozen=True)
+class SliceGradient:
+    """The fusing layer's weight gradient over one concat input's slice (``eqsurgeon.gradients``).
+
+    Attributes:
+        rms: root mean square of the gradient over the slice's weight elements.
+        weight_rms: root mean square of the slice's weights.
+    """
+
+    rms: float
+    weight_rms: float
+
+    @property
+    def rel(self) -> float:
+        """``rms / weight_rms``: the relative size of a plain SGD step on this slice.
+
+        >>> SliceGradient(0.01, 0.5).rel
+        0.02
+        """
+        return self.rms / self.weight_rms if self.weight_rms > 0 else math.inf
+
+
+@dataclass(frozen=True)
 class InputRecord:
     """One concat input of a site: channel range [start, stop), measured μ and σ, and the scale applied."""
 
@@ -334,7 +356,7 @@ class InputInfo:
 
 @dataclass(frozen=True)
 class Analysis:
-    """Sites of a model and the moments of every ok site's inputs."""
+    """Sites of a model, the moments of every ok site's inputs and, when asked, their weight gradients."""
 
     model: str
     frontend: str
@@ -345,6 +367,15 @@ class Analysis:
     add_sites: tuple[AddSite, ...]
     moments: Mapping[str, tuple[Moments, ...]] = field(default_factory=dict)
     unsearched: tuple[UnsearchedLeaf, ...] = ()  # opaque leaves site finding could not look inside
+    gradients: Mapping[str, tuple[SliceGradient, ...]] = field(default_factory=dict)
+    grad_loss: str | None = None  # the loss the gradients were measured with, when they were
+
+    def grad_ratio(self, site: FusionSite) -> float | None:
+        """max/min of the site's slice gradient RMS, when gradients were measured."""
+        from eqsurgeon.stats import grad_ratio
+
+        grads = self.gradients.get(site.layer)
+        return None if grads is None else grad_ratio([g.rms for g in grads])
 
     def var_ratio(self, site: FusionSite, scales: tuple[float, ...] | None = None) -> float | None:
         """max/min input variance of a measured site; ``scales`` folded into weights count as x·s."""

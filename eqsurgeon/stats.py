@@ -50,3 +50,12 @@ def finite(data: Any) -> Any:
     if isinstance(data, (list, tuple)):
         return [finite(v) for v in data]
     return data
+
+
+def grad_ratio(rms: Sequence[float]) -> float:
+    """Largest over smallest weight-gradient RMS of a site's input slices; ``inf`` as in :func:`var_ratio`.
+
+    >>> grad_ratio([0.5, 2.0])
+    4.0
+    """
+    return var_ratio(rms)

@@ -46,6 +46,21 @@ def test_compare_two_seeds_on_demo_data(data: Path, tmp_path: Path) -> None:
     assert (out / "fold_s0" / "eq.json").is_file() and not (out / "none_s0" / "eq.json").exists()
     png = (out / "miou_curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    # each site's grad_ratio, logged every run.log_interval (2) by the trainer, under the same layer
+    # names in every mode (insert's wrappers are not named), drawn beside the mIoU panel
+    sites = {"decode_head.bottleneck.conv", "decode_head.fpn_bottleneck.conv"}
+    for run in doc["runs"]:
+        assert [p[0] for p in run["grad_ratio"]] == [2, 4]
+        assert all(set(r) == sites and all(v >= 1 for v in r.values()) for _, r in run["grad_ratio"])
+    summary, ppm = {(r["mode"], r["layer"]): r for r in doc["grad_ratio"]}, "decode_head.bottleneck.conv"
+    assert set(summary) == {(m, s) for m in ("none", "fold", "insert") for s in sites}
+    first = [r["grad_ratio"][0][1][ppm] for r in doc["runs"] if r["mode"] == "insert"]
+    assert summary[("insert", ppm)]["first"] == pytest.approx(sum(first) / 2)
+    assert "grad_ratio" in result.output
+    from PIL import Image
+
+    with Image.open(out / "miou_curves.png") as img:
+        assert img.width > 3 * 400  # the mIoU panel and one grad_ratio panel per site
 
     again = run_cli(*args)  # a finished comparison is not overwritten
     assert again.exit_code == 2 and "--resume" in again.stderr

@@ -57,11 +57,12 @@ def with_caps(options: Any, max_megapixels: float, max_aspect: float) -> Any:
     return dataclasses.replace(options, max_pixels=round(max_megapixels * 1e6), max_aspect=max_aspect)
 
 
-def measure_options(bn_mode: str, frontend: str) -> Any:
-    """The ``MeasureOptions`` record of --bn-mode and --frontend."""
+def measure_options(bn_mode: str, frontend: str, gradients: bool = False) -> Any:
+    """The ``MeasureOptions`` record of --bn-mode, --frontend and --gradients."""
+
     from eqsurgeon.api import MeasureOptions
 
-    return MeasureOptions(bn_mode=bn_mode, frontend=frontend)
+    return MeasureOptions(bn_mode=bn_mode, frontend=frontend, gradients=gradients)
 
 
 def print_skipped(out: Console, skipped: Sequence[Any]) -> None:
@@ -102,19 +103,25 @@ def print_analysis(out: Console, analysis: Analysis) -> None:
     print_capture(out, analysis)
     if not analysis.sites:
         out.print("[bold]no fusion site[/]: no upsample → concat → conv/linear in this model")
+    if analysis.grad_loss is not None:
+        out.print(f"weight gradients: one backward per batch, loss {analysis.grad_loss}", markup=False)
+    numbers = ("mean", "var", "grad", "grad/w")
     for site in analysis.sites:
-        ratio = analysis.var_ratio(site)
-        title = f"{site.layer}  ({site.op}, groups={site.groups})  var_ratio={_fmt(ratio)}  [{site.status}]"
-        table = Table(title=text(title), title_justify="left", caption=text(reading(analysis, site)),
-                      caption_justify="left")  # fmt: skip
-        for col in ("input", "channels", "source", "upsample", "mean", "var"):
-            table.add_column(col, justify="right" if col in ("mean", "var") else "left", overflow="fold")
-        moments = analysis.moments.get(site.layer)
+        title = f"{site.layer}  ({site.op}, groups={site.groups})  var_ratio={_fmt(analysis.var_ratio(site))}"
+        if analysis.grad_loss is not None:
+            title += f"  grad_ratio={_fmt(analysis.grad_ratio(site))}"
+        table = Table(title=text(f"{title}  [{site.status}]"), title_justify="left",
+                      caption=text(reading(analysis, site)), caption_justify="left")  # fmt: skip
+        columns = ("input", "channels", "source", "upsample", *numbers[: 4 if analysis.grad_loss else 2])
+        for col in columns:
+            table.add_column(col, justify="right" if col in numbers else "left", overflow="fold")
+        moments, grads = analysis.moments.get(site.layer), analysis.gradients.get(site.layer)
         for i, s in enumerate(site.subjects):
             up = "-" if s.upsample is None else f"{s.upsample.mode} {_factor(s.upsample.factor)}"
-            mean = _fmt(moments[i].mean) if moments else "-"
-            var = _fmt(moments[i].var) if moments else "-"
-            table.add_row(str(i), f"{s.channels[0]}:{s.channels[1]}", text(s.source), up, mean, var)
+            cells = [_fmt(moments[i].mean), _fmt(moments[i].var)] if moments else ["-", "-"]
+            if analysis.grad_loss is not None:
+                cells += [f"{grads[i].rms:.3g}", f"{grads[i].rel:.3g}"] if grads else ["-", "-"]
+            table.add_row(str(i), f"{s.channels[0]}:{s.channels[1]}", text(s.source), up, *cells)
         out.print(table)
     for add in analysis.add_sites:
         ups = ", ".join(

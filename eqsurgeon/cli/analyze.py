@@ -30,6 +30,14 @@ def analyze(
     fmt: c.FormatOpt = "text",
     json_out: c.JsonOutOpt = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="bar chart of input variances (PNG)")] = None,
+    gradients: Annotated[
+        bool,
+        typer.Option(
+            "--gradients",
+            help="also run a backward and measure each input's weight-gradient RMS (cross-entropy with "
+            "--data images/ + masks/, else a random projection of the logits)",
+        ),
+    ] = False,
     force: c.ForceOpt = False,
 ) -> None:
     """Find every upsample → concat → conv/linear site and measure its input scales."""
@@ -41,7 +49,7 @@ def analyze(
     opts = data_options(input_size, batch_size, seed, device, batches=batches)
     opts = with_caps(opts, max_megapixels, max_aspect)
     ref = c.model_ref(model, arg, checkpoint, checkpoint_key)
-    done = api.analyze(ref, data, opts, measure_options(bn_mode, frontend))
+    done = api.analyze(ref, data, opts, measure_options(bn_mode, frontend, gradients))
     out = c.human(fmt)
     print_skipped(c.err_console, done.skipped)
     print_analysis(out, done.analysis)

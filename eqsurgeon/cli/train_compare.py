@@ -33,6 +33,9 @@ def run_compare(cfg: TrainConfig, seeds: int, resume: bool) -> Comparison:
     result = compare(cfg, seeds, resume=resume, train_fn=train_one, on_run=announce)
     if main:
         console.print(compare_table(result))
+        grads = grad_table(result)
+        if grads is not None:
+            console.print(grads)
         console.print(f"wrote {result.json_path} and {result.png_path}", markup=False)
     return result
 
@@ -71,3 +74,22 @@ def _fmt(stat: Stat, signed: bool = False) -> str:
         return "–"
     mean = f"{100 * stat.mean:+.3f}" if signed else f"{100 * stat.mean:.3f}"
     return mean if math.isnan(stat.std) else f"{mean} ± {100 * stat.std:.3f}"
+
+
+def grad_table(result: Comparison) -> Table | None:
+    """Per mode and site: grad_ratio at the first and the last logged step (mean over seeds); None when
+    the runs logged none."""
+    from eqsurgeon.training.compare_grads import grad_summary
+
+    modes = ["none", *(r.mode for r in result.rows)]
+    rows = grad_summary([(o.mode, o.grad_curve) for o in result.runs], modes)
+    if not rows:
+        return None
+    table = Table(title="grad_ratio (max/min weight-gradient RMS over a site's inputs), first → last log")
+    table.add_column("EQ mode")
+    table.add_column("site", overflow="fold")
+    table.add_column("grad_ratio", justify="right")
+    for row in rows:
+        first, last = (f"{row[k]:.2f}" if row[k] is not None else "–" for k in ("first", "last"))
+        table.add_row(row["mode"], row["layer"], f"{first} → {last}")
+    return table

@@ -2,7 +2,8 @@
 
     <out>/none_s0  fold_s0  insert_s0  none_s1 ...   one ordinary run folder each (trainer's layout)
     <out>/compare.json                              every run's final and best mIoU, curve, and the table
-    <out>/miou_curves.png                           mIoU against iteration, one colour per mode
+    <out>/miou_curves.png                           mIoU against iteration, one colour per mode, and
+                                                    each site's grad_ratio against iteration beside it
 
 Runs of the same seed share the model initialization and the data order, so "Diff" is a paired
 difference per seed; the table reports mean ± sample std over seeds, like the paper's five-seed averages.
@@ -23,6 +24,15 @@ from typing import Any
 
 from eqsurgeon.errors import OutputExistsError
 from eqsurgeon.io import write_json
+from eqsurgeon.training.compare_grads import (
+    COLOURS,
+    STYLES,
+    GradCurve,
+    grad_curve,
+    grad_summary,
+    layers_of,
+    plot_grad_panels,
+)
 from eqsurgeon.training.config import TrainConfig
 
 COMPARE_JSON = "compare.json"
@@ -40,6 +50,7 @@ class RunOutcome:
     miou: float  # at the end of training
     best_miou: float
     curve: tuple[tuple[int, float], ...]  # (iteration, mIoU) at each evaluation
+    grad_curve: GradCurve = ()  # (iteration, {layer: grad_ratio}) every run.log_interval
 
 
 @dataclass(frozen=True)
@@ -154,12 +165,10 @@ def _run_all(
 
 
 def read_outcome(run_dir: Path, mode: str, seed: int) -> RunOutcome:
-    """A finished run's mIoU figures, read from its metrics.jsonl and summary.json."""
-    curve = []
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line) if line.strip() else {}
-        if "mIoU" in record:
-            curve.append((int(record["iter"]), float(record["mIoU"])))
+    """A finished run's mIoU figures and grad_ratio curve, read from its metrics.jsonl and summary.json."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines if line.strip()]
+    curve = [(int(r["iter"]), float(r["mIoU"])) for r in records if "mIoU" in r]
     summary = json.loads((run_dir / "summary.json").read_text())
     final = summary.get("mIoU")
     best = summary.get("best_mIoU")
@@ -170,6 +179,7 @@ def read_outcome(run_dir: Path, mode: str, seed: int) -> RunOutcome:
         float(final) if final is not None else math.nan,
         float(best) if best is not None else math.nan,
         tuple(curve),
+        grad_curve(records),
     )
 
 
@@ -200,6 +210,7 @@ def summarize(outcomes: Sequence[RunOutcome], modes: Sequence[str]) -> list[Comp
 
 def to_json(result: Comparison, cfg: TrainConfig) -> dict[str, Any]:
     """The compare.json document (keys may be added, never renamed)."""
+    modes = [r.mode for r in result.rows]
     return {
         "model": cfg.model.name,
         "iterations": cfg.schedule.iters,
@@ -213,9 +224,11 @@ def to_json(result: Comparison, cfg: TrainConfig) -> dict[str, Any]:
                 "mIoU": _finite(o.miou),
                 "best_mIoU": _finite(o.best_miou),
                 "curve": [list(p) for p in o.curve],
+                "grad_ratio": [[i, dict(r)] for i, r in o.grad_curve],
             }
             for o in result.runs
         ],
+        "grad_ratio": grad_summary([(o.mode, o.grad_curve) for o in result.runs], (BASELINE, *modes)),
         "table": [
             {
                 "mode": r.mode,
@@ -228,26 +241,28 @@ def to_json(result: Comparison, cfg: TrainConfig) -> dict[str, Any]:
 
 
 def plot_curves(outcomes: Sequence[RunOutcome], path: Path) -> None:
-    """mIoU against iteration for every run (one colour per mode, one line per seed), written atomically."""
+    """mIoU against iteration for every run (one colour per mode, one line per seed) and, beside it, one
+    panel of grad_ratio against iteration per fusion site; written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display: files only
     import matplotlib.pyplot as plt
 
-    colours = {"none": "tab:gray", "fold": "tab:blue", "insert": "tab:orange"}
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    panels = 1 + len(layers_of([o.grad_curve for o in outcomes]))
+    fig, axes = plt.subplots(1, panels, figsize=(6.4 + 4.6 * (panels - 1), 4.0), dpi=100, squeeze=False)
+    ax = axes[0][0]
     labelled: set[str] = set()
     seeds = sorted({o.seed for o in outcomes})
-    styles = ("-", "--", ":", "-.")  # one line style per seed, so runs of one seed pair up
+    plot_grad_panels(axes[0][1:], [(o.mode, o.seed, o.grad_curve) for o in outcomes], seeds)
     for o in outcomes:
         if not o.curve:
             continue
         iters, mious = zip(*o.curve, strict=True)
         label = None if o.mode in labelled else ("w/o EQ" if o.mode == BASELINE else f"w/ EQ ({o.mode})")
         labelled.add(o.mode)
-        style = styles[seeds.index(o.seed) % len(styles)]
+        style = STYLES[seeds.index(o.seed) % len(STYLES)]
         ax.plot(
-            iters, [100 * m for m in mious], style, color=colours.get(o.mode), marker="o", ms=3, label=label
+            iters, [100 * m for m in mious], style, color=COLOURS.get(o.mode), marker="o", ms=3, label=label
         )
     ax.set_xlabel("iteration")
     ax.set_ylabel("mIoU (%)")

@@ -48,6 +48,7 @@ from eqsurgeon.training.checkpoint import (
 from eqsurgeon.training.config import TrainConfig
 from eqsurgeon.training.datasets import make_datasets
 from eqsurgeon.training.evaluate import autocast, evaluate, to_input
+from eqsurgeon.training.grad_log import grad_ratio_hooks
 from eqsurgeon.training.losses import segmentation_loss
 from eqsurgeon.training.metrics import SegMetrics
 from eqsurgeon.training.model import build_model, init_record
@@ -144,6 +145,7 @@ def _train(cfg: TrainConfig, resume: bool, on_log: LogFn, info: distributed.Dist
     if info.world > 1 and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     raw = model  # the unwrapped module: its state dict is what checkpoints hold
+    grad_hooks = grad_ratio_hooks(raw, cfg, device)  # per-site grad_ratio on logged steps
     net: nn.Module = model
     if info.world > 1:
         net = nn.parallel.DistributedDataParallel(
@@ -189,6 +191,7 @@ def _train(cfg: TrainConfig, resume: bool, on_log: LogFn, info: distributed.Dist
     window_start, window_iters, metrics = time.perf_counter(), 0, None
     for it in range(start_iter, cfg.schedule.iters):
         batch = _next_batch(batches)
+        grad_hooks.armed = (it + 1) % cfg.run.log_interval == 0
         x = to_input(batch.images.to(device, non_blocking=True), d, cfg.run.channels_last, batch.sizes)
         y = batch.masks.to(device, non_blocking=True).long()
         with autocast(device, cfg.run.amp):
@@ -227,6 +230,8 @@ def _train(cfg: TrainConfig, resume: bool, on_log: LogFn, info: distributed.Dist
                 "img_s": window_iters * d.batch_size * info.world / max(elapsed, 1e-9),
                 "peak_mem_mb": _peak_memory_mb(device),
             }
+            if ratios := grad_hooks.read():
+                record["grad_ratio"] = ratios
             if info.is_main:
                 rundir.log_record(run_dir, writer, record)
                 on_log(
