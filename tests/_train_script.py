@@ -10,6 +10,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
+from eqsurgeon.io import record_to_dict
 from eqsurgeon.training.config import load_config
 from eqsurgeon.training.loop import train
 
@@ -20,4 +21,5 @@ rank = int(os.environ.get("RANK", 0))
 result = train(load_config(Path(recipe), overrides), resume=resume)
 state = {k: v.detach().contiguous() for k, v in result.model.state_dict().items()}
 save_file(state, str(result.run_dir / f"rank{rank}.safetensors"))
-(result.run_dir / f"rank{rank}.json").write_text(json.dumps({"eq": result.eq}))
+eq = None if result.eq is None else record_to_dict(result.eq)
+(result.run_dir / f"rank{rank}.json").write_text(json.dumps({"eq": eq}))

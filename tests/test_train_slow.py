@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from eqsurgeon.io import read_state_dict
+from eqsurgeon.io import read_state_dict, record_to_dict
 from eqsurgeon.training.checkpoint import checkpoint_files
 from eqsurgeon.training.config import load_config
 from eqsurgeon.training.datasets import make_datasets
@@ -115,7 +115,8 @@ def test_two_process_gloo_ranks_end_identical(data: Path, tmp_path: Path) -> Non
     cfg = load_config(DEMO_RECIPE, sets)
     torch.manual_seed(cfg.run.seed)
     model = build_model(cfg.model)
-    _, single = equalize_in_loop(model, cfg, make_datasets(cfg)[0], DistInfo(0, 1, 0, torch.device("cpu")))
+    _, record = equalize_in_loop(model, cfg, make_datasets(cfg)[0], DistInfo(0, 1, 0, torch.device("cpu")))
+    single = record_to_dict(record)
     assert single["images"] == 8
     pairs = [(a, b) for s0, s1 in zip(eq0["sites"], single["sites"], strict=True)
              for a, b in zip(s0["inputs"], s1["inputs"], strict=True)]
