@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from eqsurgeon.training.config import config_to_dict, dump_toml, load_config, load_config_text
+from eqsurgeon.training.config import load_config, load_config_text
 from eqsurgeon.training.datasets import make_datasets
 from eqsurgeon.training.drop_path import drop_path_rate
 from eqsurgeon.training.evaluate import to_input
 from eqsurgeon.training.losses import segmentation_loss
 from eqsurgeon.training.model import build_model
 from eqsurgeon.training.optim import build_optimizer, build_scheduler
+from eqsurgeon.training.recipe_toml import config_to_dict, dump_toml
 from eqsurgeon.training.transforms import PadCollate
 
 ROOT = Path(__file__).resolve().parents[1]

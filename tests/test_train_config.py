@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from eqsurgeon.errors import RecipeError
-from eqsurgeon.training.config import TrainConfig, dump_toml, load_config, load_config_text
+from eqsurgeon.training.config import TrainConfig, load_config, load_config_text
+from eqsurgeon.training.recipe_toml import dump_toml
 
 DEMO = Path(__file__).parents[1] / "train" / "recipes" / "demo.toml"
 
@@ -73,4 +74,5 @@ def test_calibration_options_are_checked_at_load_in_recipe_words() -> None:
     assert "--tolerance" not in str(bad.value) and "tolerance=" not in str(bad.value)
     with pytest.raises(RecipeError, match=r"eq\.bias_correction = 'maybe'"):
         load_config(None, ['eq.mode="fold"', 'eq.bias_correction="maybe"'])
-    assert load_config(None, ["eq.tolerance=0"]).eq.mode == "none"  # unused when nothing is equalized
+    with pytest.raises(RecipeError, match=r"eq\.tolerance = 0\.0 is out of range"):  # checked even if unused
+        load_config(None, ["eq.tolerance=0"])

@@ -10,9 +10,10 @@ import torch
 
 from eqsurgeon.errors import ModelLoadError
 from eqsurgeon.outputs import split_outputs
-from eqsurgeon.training.config import dump_toml, factory_kwargs, load_config, load_config_text
+from eqsurgeon.training.config import factory_kwargs, load_config, load_config_text
 from eqsurgeon.training.demo_data import make_demo_data
 from eqsurgeon.training.loop import train
+from eqsurgeon.training.recipe_toml import dump_toml
 from tests._ecosystems import save_hf
 from tests._train_helpers import DEMO_RECIPE, quick
 

@@ -255,28 +255,6 @@ def _check_eq(eq: EqConfig, source: str) -> None:
         raise RecipeError(f"{source}: {exc.render(f'eq.{name} = ')}") from None
 
 
-def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
-    """The config as nested plain data (tuples become lists), for JSON/TOML dumps and comparison."""
-    return _plain(dataclasses.asdict(cfg))
-
-
-def dump_toml(cfg: TrainConfig) -> str:
-    """The resolved config as TOML that :func:`load_config` reads back to the same config.
-
-    >>> load_config_text(dump_toml(TrainConfig())) == TrainConfig()
-    True
-    """
-    lines: list[str] = []
-    for section, table in config_to_dict(cfg).items():
-        lines.append(f"[{section}]")
-        for key, value in table.items():
-            if value is None:
-                value = []  # None (e.g. eval.scale) is written as an empty list, read back as None
-            lines.append(f"{key} = {_toml_value(value)}")
-        lines.append("")
-    return "\n".join(lines)
-
-
 def load_config_text(text: str, source: str = "config.toml") -> TrainConfig:
     """Parse recipe TOML text (used for the run folder's resolved config)."""
     try:
@@ -346,28 +324,6 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     if hint is Any or (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
         return value
     raise RecipeError(f"{source}: {key} must be {hint.__name__}, got {value!r} ({type(value).__name__})")
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, float):
-        return repr(value)  # TOML reads Python's repr of floats, nan and inf included
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
-    return str(value)
 
 
 _SECTIONS: dict[str, type] = {
