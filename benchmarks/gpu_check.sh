@@ -56,7 +56,7 @@ else
     CALIB=(--device cuda --size 512 --model upernet_convnext_tiny --images 512 --workers 2)
 fi
 
-step env 20 bash -c "nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null \
+step env 60 bash -c "nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null \
     || echo 'no nvidia-smi'; nproc; $PY -c 'import torch, torchvision, timm; \
 print(\"torch\", torch.__version__, \"torchvision\", torchvision.__version__, \"timm\", timm.__version__, \
 \"cuda\", torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else \"\")'"
