@@ -169,7 +169,7 @@ def test_recipes_load_or_raise_recipe_error(raw: dict[str, Any]) -> None:
 
 
 def _toml(value: Any) -> str:
-    from eqsurgeon.training.config import _toml_value
+    from eqsurgeon.training.recipe_toml import _toml_value
 
     return _toml_value(list(value) if isinstance(value, tuple) else value)
 
