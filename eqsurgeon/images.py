@@ -1,12 +1,13 @@
-"""Image folders as batches of normalized tensors: discovery, decoding, resizing and a DataLoader.
+"""Image folders as batches of normalized tensors: resize, normalize, and a DataLoader that skips bad files.
 
 The order of images is a pure function of the folder contents and the seed, so the same folder always
 gives the same statistics. Corrupt files never crash a run:
 
-- ``scan_images`` opens each file's header (cheap: PIL reads only the first bytes). Files that are not
-  images or whose header is broken are skipped there, before any worker starts, and so are images over
-  the pixel or aspect cap (:class:`ImageLimits`): a 370-byte PNG can declare 1×100000 pixels, whose
-  resize to cover 512×512 would take gigabytes. The caps are checked again before each decode.
+- ``scan_images`` (in ``eqsurgeon.image_files``) opens each file's header (cheap: PIL reads only the
+  first bytes). Files that are not images or whose header is broken are skipped there, before any worker
+  starts, and so are images over the pixel or aspect cap (:class:`ImageLimits`): a 370-byte PNG can
+  declare 1×100000 pixels, whose resize to cover 512×512 would take gigabytes. The caps are checked
+  again before each decode.
 - A file whose header is fine but whose pixel data is broken (a truncated JPEG, a bad PNG chunk) only
   fails when decoded, inside a loader worker. The dataset returns a sentinel instead of raising, the
   collate function drops it and passes its path along, and ``ImageLoader`` records it in ``skipped``.
@@ -24,26 +25,24 @@ gives the same statistics. Corrupt files never crash a run:
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as tvf
 
 from eqsurgeon.errors import DataError, OptionError, check_range, one_line
-from eqsurgeon.image_caps import MAX_COVER, ImageLimits, header_size, open_image
+from eqsurgeon.image_caps import MAX_COVER, ImageLimits, header_size
+from eqsurgeon.image_files import ImageSource, Skipped, load_rgb, scan_images
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
 @dataclass(frozen=True)
 class LoaderOptions:
     """How :func:`image_loader` reads a folder.
@@ -82,114 +81,6 @@ class LoaderOptions:
                 raise OptionError(name, values, "needs 3 finite values, e.g. 0.485,0.456,0.406")
         if min(self.std) <= 0:
             raise OptionError("std", self.std, "needs positive values, e.g. 0.229,0.224,0.225")
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """An image file that could not be used, and why."""
-
-    path: Path
-    reason: str
-
-
-@dataclass(frozen=True)
-class ImageSource:
-    """The usable images of a folder, in the order they are read, plus the files that were skipped.
-
-    Attributes:
-        paths: image files to read, deterministic order (sorted, then a seeded shuffle when sampled).
-        skipped: files with an image extension whose header could not be read.
-        root: the folder that was scanned.
-    """
-
-    paths: tuple[Path, ...]
-    skipped: tuple[Skipped, ...] = ()
-    root: Path | None = None
-
-    def fingerprint(self) -> str:
-        """A short hash of the images' relative paths and byte sizes: equal folders give equal hashes.
-
-        >>> ImageSource((), ()).fingerprint()
-        'e3b0c44298fc1c14'
-        """
-        digest = hashlib.sha256()
-        for path in sorted(self.paths):  # the folder's identity, not the seeded reading order
-            rel = path.relative_to(self.root) if self.root else path
-            # a file name's bytes: names need not be UTF-8 (os.fsencode restores the undecodable bytes)
-            digest.update(os.fsencode(rel.as_posix()) + f"\0{path.stat().st_size}\n".encode())
-        return digest.hexdigest()[:16]
-
-
-def scan_images(root: Path | str, limits: ImageLimits | None = None) -> ImageSource:
-    """Find every image below ``root`` (recursively, sorted by relative path) and check its header.
-
-    Args:
-        root: folder to walk; extensions matched case-insensitively (jpg/jpeg/png/bmp/webp/tif/tiff).
-        limits: pixel and aspect caps; larger images are skipped, with the reason.
-
-    Returns:
-        The readable images and the skipped files.
-
-    Raises:
-        DataError: the folder is missing, or holds no readable image.
-
-    >>> scan_images("/nonexistent")
-    Traceback (most recent call last):
-    ...
-    eqsurgeon.errors.DataError: image folder /nonexistent not found; pass a folder of jpg/png images
-    """
-    root = Path(root)
-    if root.is_file():
-        raise DataError(f"{root} is a file; pass the folder of jpg/png images that holds it")
-    if not root.is_dir():
-        raise DataError(f"image folder {root} not found; pass a folder of jpg/png images")
-    candidates = sorted(
-        (p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
-        key=lambda p: p.relative_to(root).as_posix(),
-    )
-    paths: list[Path] = []
-    skipped: list[Skipped] = []
-    for path in candidates:
-        reason = _header_problem(path, limits or ImageLimits())
-        if reason is None:
-            paths.append(path)
-        else:
-            skipped.append(Skipped(path, reason))
-    if not paths:
-        what = (
-            f"{len(skipped)} unreadable file(s), e.g. {skipped[0].path.name}: {skipped[0].reason}"
-            if skipped
-            else "no image"
-        )
-        raise DataError(
-            f"no usable image in {root} ({what}); pass a folder of "
-            f"{'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} images"
-        )
-    return ImageSource(tuple(paths), tuple(skipped), root)
-
-
-def load_rgb(path: Path | str, limits: ImageLimits | None = None) -> Image.Image:
-    """Decode an image file to 8-bit RGB: grayscale, RGBA, palette, CMYK and 16-bit all become RGB.
-
-    16-bit data is scaled (65535 -> 255), not clipped; alpha is dropped (the stored colour is kept);
-    EXIF orientation is applied so the pixels are the way a viewer shows them. The header's size is
-    checked against ``limits`` (default caps) before any pixel is decoded.
-    """
-    with open_image(path) as img:
-        problem = (limits or ImageLimits()).problem(*img.size)
-        if problem is not None:
-            raise DataError(f"image {path}: {problem}")
-        img = ImageOps.exif_transpose(img)
-        if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-            # PIL's convert("RGB") clips these to 255, so a 16-bit image would come out almost white.
-            arr = np.asarray(img, dtype=np.float64) / 65535.0 * 255.0
-            img = Image.fromarray(np.clip(arr.round(), 0, 255).astype(np.uint8), mode="L")
-        elif img.mode == "F":
-            arr = np.asarray(img, dtype=np.float64)
-            # float images are taken as [0, 1] when they fit, else as [0, 255]
-            arr = arr * 255.0 if np.nanmax(arr, initial=0.0) <= 1.0 else arr
-            img = Image.fromarray(np.clip(np.nan_to_num(arr).round(), 0, 255).astype(np.uint8), mode="L")
-        return img.convert("RGB")
 
 
 class ImageDataset(Dataset):
@@ -320,14 +211,3 @@ def _collate_drop_failed(
     images = [image for image, _ in items if image is not None]
     failures = [tuple(why.split("\0", 1)) for image, why in items if image is None]
     return (torch.stack(images) if images else None), failures  # type: ignore[return-value]
-
-
-def _header_problem(path: Path, limits: ImageLimits) -> str | None:
-    # Image.open parses only the header; a zero-byte, non-image or header-broken file fails here.
-    try:
-        with open_image(path) as img:
-            width, height = img.size
-    except Exception as exc:
-        return f"{type(exc).__name__}: {one_line(exc)}"
-    return limits.problem(width, height)
-

@@ -29,7 +29,8 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as tvf
 
 from eqsurgeon.errors import DataError
-from eqsurgeon.images import IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD, load_rgb
+from eqsurgeon.image_files import IMAGE_EXTENSIONS, load_rgb
+from eqsurgeon.images import IMAGENET_MEAN, IMAGENET_STD
 
 
 def segmentation_dirs(root: Path | str) -> tuple[Path, Path] | None:
