@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from eqsurgeon.errors import RecipeError
 from eqsurgeon.training.ranges import check_ranges
+from eqsurgeon.training.toml_read import apply_override, build_table, read_toml
 
 
 @dataclass(frozen=True)
@@ -184,36 +183,9 @@ def load_config(path: Path | None, overrides: list[str] | tuple[str, ...] = ()) 
     """
     raw = read_toml(Path(path), "recipe") if path is not None else {}
     for item in overrides:
-        _apply_override(raw, item)
+        apply_override(raw, item)
     source = " + ".join(([str(path)] if path is not None else []) + (["--set"] if overrides else []))
     return config_from_dict(raw, source=source or "defaults")
-
-
-def read_toml(path: Path, what: str) -> dict[str, Any]:
-    """Parse a TOML file, with one-line errors for a missing file, a folder, non-UTF-8 text or bad TOML.
-
-    >>> read_toml(Path("/nonexistent.toml"), "recipe")  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    eqsurgeon.errors.RecipeError: recipe /nonexistent.toml does not exist; pass a TOML file such as ...
-    """
-    if path.is_dir():
-        raise RecipeError(f"{what} {path} is a folder; pass a TOML file such as train/recipes/demo.toml")
-    try:
-        text = path.read_bytes().decode("utf-8")
-        return tomllib.loads(text)
-    except FileNotFoundError:
-        raise RecipeError(
-            f"{what} {path} does not exist; pass a TOML file such as train/recipes/demo.toml"
-        ) from None
-    except UnicodeDecodeError as exc:
-        raise RecipeError(
-            f"{what} {path} is not UTF-8 text (byte {exc.start}); TOML files are UTF-8: re-save it as UTF-8"
-        ) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise RecipeError(f"{what} {path} is not valid TOML: {exc}") from None
-    except RecursionError:
-        raise RecipeError(f"{what} {path} nests arrays or tables too deeply") from None
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "recipe") -> TrainConfig:
@@ -227,7 +199,7 @@ def config_from_dict(raw: dict[str, Any], source: str = "recipe") -> TrainConfig
         table = raw.get(f.name, {})
         if not isinstance(table, dict):
             raise RecipeError(f"{source}: [{f.name}] must be a table, got {type(table).__name__}")
-        sections[f.name] = _build(_SECTIONS[f.name], f.name, table, source)
+        sections[f.name] = build_table(_SECTIONS[f.name], f.name, table, source, CHOICES)
     unknown = sorted(set(raw) - set(sections))
     if unknown:
         raise RecipeError(f"{source}: unknown table [{unknown[0]}]; tables are {', '.join(_SECTIONS)}")
@@ -262,68 +234,6 @@ def load_config_text(text: str, source: str = "config.toml") -> TrainConfig:
     except (tomllib.TOMLDecodeError, RecursionError) as exc:
         raise RecipeError(f"{source} is not valid TOML ({exc})") from None
     return config_from_dict(raw, source=source)
-
-
-def _apply_override(raw: dict[str, Any], item: str) -> None:
-    key, sep, text = item.partition("=")
-    if not sep or "." not in key:
-        raise RecipeError(f"--set {item!r} must look like section.key=value, e.g. --set optim.lr=1e-4")
-    section, name = key.strip().split(".", 1)
-    try:
-        parsed = tomllib.loads(f"v = {text.strip()}")
-        value = parsed["v"] if list(parsed) == ["v"] else text.strip()
-    except (tomllib.TOMLDecodeError, RecursionError):
-        value = text.strip()  # a bare word is a string: --set model.name=upernet_tiny
-    *parents, leaf = name.split(".")  # model.kwargs.num_classes=5 sets one factory argument
-    table: Any = raw
-    for i, part in enumerate([section, *parents]):
-        table = table.setdefault(part, {})
-        if not isinstance(table, dict):
-            where = ".".join([section, *parents][: i + 1])
-            raise RecipeError(f"--set {item!r}: {where} is not a table, so it has no key {leaf!r}")
-    table[leaf] = value
-
-
-def _build(cls: type, section: str, table: dict[str, Any], source: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    values = {}
-    for key, value in table.items():
-        if key not in hints:
-            import difflib
-
-            close = difflib.get_close_matches(key, names, n=1)
-            hint = f"did you mean {section}.{close[0]}?" if close else f"keys are {', '.join(names)}"
-            raise RecipeError(f"{source}: unknown key {section}.{key}; {hint}")
-        values[key] = _coerce(value, hints[key], f"{section}.{key}", source)
-        allowed = CHOICES.get(f"{section}.{key}")
-        if allowed and values[key] not in allowed:
-            raise RecipeError(f"{source}: {section}.{key} = {value!r}; choose one of {', '.join(allowed)}")
-    return cls(**values)
-
-
-def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):  # only "X | None" occurs: an empty list means None
-        if value == [] or value is None:
-            return None
-        return _coerce(value, next(a for a in args if a is not type(None)), key, source)
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise RecipeError(f"{source}: {key} must be a list, got {value!r}")
-        if args[-1] is not Ellipsis and len(value) != len(args):
-            raise RecipeError(f"{source}: {key} must have {len(args)} items, got {len(value)}")
-        item_types = [args[0]] * len(value) if args[-1] is Ellipsis else list(args)
-        return tuple(_coerce(v, t, key, source) for v, t in zip(value, item_types, strict=True))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise RecipeError(f"{source}: {key} must be a table, e.g. {{ num_classes = 5 }}")
-        return dict(value)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is Any or (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
-        return value
-    raise RecipeError(f"{source}: {key} must be {hint.__name__}, got {value!r} ({type(value).__name__})")
 
 
 _SECTIONS: dict[str, type] = {

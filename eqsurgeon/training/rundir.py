@@ -13,8 +13,9 @@ from typing import Any
 from eqsurgeon.errors import CheckpointError, OutputExistsError, RecipeError
 from eqsurgeon.io import atomic_write
 from eqsurgeon.training.checkpoint import CheckpointFiles, list_checkpoints
-from eqsurgeon.training.config import TrainConfig, config_from_dict, read_toml
+from eqsurgeon.training.config import TrainConfig, config_from_dict
 from eqsurgeon.training.recipe_toml import config_to_dict, dump_toml
+from eqsurgeon.training.toml_read import read_toml
 
 CONFIG_NAME = "config.toml"
 METRICS_NAME = "metrics.jsonl"
