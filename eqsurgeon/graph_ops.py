@@ -17,91 +17,24 @@ from torch import fx, nn
 
 from eqsurgeon import registry
 from eqsurgeon.channels import channel_dim_after, layout_op, padded_dims
+from eqsurgeon.op_tables import (
+    ADD_ATEN,
+    ADD_FUNCS,
+    CAT_ATEN,
+    CAT_FUNCS,
+    FUSING_ATEN,
+    FUSING_FUNCS,
+    INTERP_FUNCS,
+    STACK_FUNCS,
+    SUM_FUNCS,
+    TRANSPARENT_ATEN,
+    TRANSPARENT_FUNCS,
+    TRANSPARENT_METHODS,
+    TRANSPARENT_MODULES,
+    UPSAMPLE_ATEN,
+)
 
 aten = torch.ops.aten
-
-_CAT_FUNCS = {torch.cat, torch.concat, torch.concatenate}
-_CAT_ATEN = {aten.cat, aten.concat, aten.concatenate}
-
-# F.interpolate and its deprecated aliases; the value is the mode when the call does not say.
-_INTERP_FUNCS: dict[object, str] = {
-    F.interpolate: "nearest",
-    F.upsample: "nearest",
-    F.upsample_bilinear: "bilinear",
-    F.upsample_nearest: "nearest",
-}
-_UPSAMPLE_ATEN = {
-    aten.upsample_nearest1d: "nearest",
-    aten.upsample_nearest2d: "nearest",
-    aten.upsample_nearest3d: "nearest",
-    aten._upsample_nearest_exact1d: "nearest-exact",
-    aten._upsample_nearest_exact2d: "nearest-exact",
-    aten._upsample_nearest_exact3d: "nearest-exact",
-    aten.upsample_linear1d: "linear",
-    aten.upsample_bilinear2d: "bilinear",
-    aten._upsample_bilinear2d_aa: "bilinear",
-    aten.upsample_bicubic2d: "bicubic",
-    aten._upsample_bicubic2d_aa: "bicubic",
-    aten.upsample_trilinear3d: "trilinear",
-}
-
-# Ops that do not change a feature's scale: dropout (identity at eval, unbiased in training),
-# identity, copies and dtype casts.
-_TRANSPARENT_MODULES: tuple[type[nn.Module], ...] = (nn.modules.dropout._DropoutNd, nn.Identity)
-_TRANSPARENT_FUNCS = {
-    F.dropout,
-    F.dropout1d,
-    F.dropout2d,
-    F.dropout3d,
-    F.alpha_dropout,
-    F.feature_alpha_dropout,
-    torch.dropout,
-    torch.feature_dropout,
-    torch.alpha_dropout,
-    torch.feature_alpha_dropout,
-    torch.clone,
-}
-_TRANSPARENT_METHODS = {"contiguous", "clone", "float", "half", "bfloat16", "double", "to", "type"}
-_TRANSPARENT_ATEN = {
-    aten.dropout,
-    aten.dropout_,
-    aten.feature_dropout,
-    aten.feature_dropout_,
-    aten.alpha_dropout,
-    aten.alpha_dropout_,
-    aten.feature_alpha_dropout,
-    aten.feature_alpha_dropout_,
-    aten.clone,
-    aten._to_copy,
-    aten.to,
-    aten.contiguous,
-    aten.alias,
-    aten.type_as,
-}
-
-_FUSING_FUNCS: dict[object, str] = {
-    F.conv1d: "conv1d",
-    F.conv2d: "conv2d",
-    F.conv3d: "conv3d",
-    F.conv_transpose1d: "conv_transpose1d",
-    F.conv_transpose2d: "conv_transpose2d",
-    F.conv_transpose3d: "conv_transpose3d",
-    F.linear: "linear",
-}
-_FUSING_ATEN = {
-    aten.conv1d: "conv1d",
-    aten.conv2d: "conv2d",
-    aten.conv3d: "conv3d",
-    aten.conv_transpose1d: "conv_transpose1d",
-    aten.conv_transpose2d: "conv_transpose2d",
-    aten.conv_transpose3d: "conv_transpose3d",
-    aten.linear: "linear",
-    aten.convolution: "convolution",
-}
-_ADD_FUNCS = {operator.add, operator.iadd, torch.add}
-_ADD_ATEN = {aten.add, aten.add_}
-_STACK_FUNCS = {torch.stack}
-_SUM_FUNCS = {torch.sum}
 
 
 @dataclass(frozen=True)
@@ -135,7 +68,7 @@ class OpView:
         return None
 
     def is_cat(self, node: fx.Node) -> bool:
-        return node.op == "call_function" and (node.target in _CAT_FUNCS or _packet(node) in _CAT_ATEN)
+        return node.op == "call_function" and (node.target in CAT_FUNCS or _packet(node) in CAT_ATEN)
 
     def cat_parts(self, node: fx.Node) -> tuple[list[fx.Node], int]:
         parts = node.args[0] if node.args else node.kwargs["tensors"]
@@ -145,7 +78,7 @@ class OpView:
     def is_add(self, node: fx.Node) -> bool:
         if node.op == "call_method":
             return node.target in ("add", "add_")
-        return node.op == "call_function" and (node.target in _ADD_FUNCS or _packet(node) in _ADD_ATEN)
+        return node.op == "call_function" and (node.target in ADD_FUNCS or _packet(node) in ADD_ATEN)
 
     def added(self, node: fx.Node) -> list[object] | None:
         """The terms an add node sums: its two operands, or the tensors of ``stack(xs).sum(0)`` (a merge
@@ -160,7 +93,7 @@ class OpView:
             return None
         if not (
             stacked.op == "call_function"
-            and (stacked.target in _STACK_FUNCS or _packet(stacked) is aten.stack)
+            and (stacked.target in STACK_FUNCS or _packet(stacked) is aten.stack)
         ):
             return None
         parts = stacked.args[0] if stacked.args else stacked.kwargs.get("tensors")
@@ -175,14 +108,14 @@ class OpView:
         if node.op != "call_function":
             return None
         custom = registry.upsample_functions()
-        if node.target in _INTERP_FUNCS or node.target in custom:
-            default = _INTERP_FUNCS.get(node.target) or custom[node.target]
+        if node.target in INTERP_FUNCS or node.target in custom:
+            default = INTERP_FUNCS.get(node.target) or custom[node.target]
             align = node.kwargs.get("align_corners")
             if node.target is F.upsample_bilinear:
                 align = True
             mode = node.kwargs.get("mode", node.args[3] if len(node.args) > 3 else default)
             return _upsample_call(str(mode), align)
-        mode = _UPSAMPLE_ATEN.get(_packet(node))
+        mode = UPSAMPLE_ATEN.get(_packet(node))
         if mode is None:
             return None
         align = node.args[2] if mode in _ALIGNED_MODES else None
@@ -190,12 +123,12 @@ class OpView:
 
     def is_transparent(self, node: fx.Node) -> bool:
         if node.op == "call_module":
-            return isinstance(self.module(node), _TRANSPARENT_MODULES)
+            return isinstance(self.module(node), TRANSPARENT_MODULES)
         if node.op == "call_method":
-            return node.target in _TRANSPARENT_METHODS
+            return node.target in TRANSPARENT_METHODS
         if node.op != "call_function":
             return False
-        if node.target in _TRANSPARENT_FUNCS or _packet(node) in _TRANSPARENT_ATEN:
+        if node.target in TRANSPARENT_FUNCS or _packet(node) in TRANSPARENT_ATEN:
             return True
         # native_dropout returns (output, mask); element 0 carries the feature.
         if node.target is operator.getitem and node.args[1] == 0 and isinstance(node.args[0], fx.Node):
@@ -226,9 +159,9 @@ class OpView:
             return Fusing(_module_op(mod), str(node.target))
         if node.op != "call_function":
             return None
-        if node.target in _FUSING_FUNCS:
-            return Fusing(_FUSING_FUNCS[node.target], None)
-        op = _FUSING_ATEN.get(_packet(node))
+        if node.target in FUSING_FUNCS:
+            return Fusing(FUSING_FUNCS[node.target], None)
+        op = FUSING_ATEN.get(_packet(node))
         if op is None:
             return None
         owner = self._weight_owner(node)
@@ -277,7 +210,7 @@ class OpView:
 def _is_sum(node: fx.Node) -> bool:
     if node.op == "call_method":
         return node.target == "sum"
-    return node.op == "call_function" and (node.target in _SUM_FUNCS or _packet(node) is aten.sum)
+    return node.op == "call_function" and (node.target in SUM_FUNCS or _packet(node) is aten.sum)
 
 
 def shape(node: fx.Node) -> tuple[int, ...] | None:
