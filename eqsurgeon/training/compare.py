@@ -16,14 +16,14 @@ import json
 import math
 import os
 import statistics
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from eqsurgeon.errors import OutputExistsError
 from eqsurgeon.io import write_json
+from eqsurgeon.training import distributed
 from eqsurgeon.training.compare_grads import (
     COLOURS,
     STYLES,
@@ -127,11 +127,11 @@ def compare(
             return loop_train(c, resume=r)
 
     seed_list = tuple(cfg.run.seed + i for i in range(seeds))
-    with _process_group(cfg):
+    with distributed.process_group(cfg.run.device):
         outcomes = _run_all(cfg, out, seed_list, modes, resume, train_fn, on_run)
     rows = tuple(summarize(outcomes, modes))
     result = Comparison(out, seed_list, tuple(outcomes), rows, json_path, png_path)
-    if _is_main():
+    if int(os.environ.get("RANK", "0")) == 0:  # rank 0 alone writes the comparison
         write_json(json_path, to_json(result, cfg))
         plot_curves(result.runs, png_path)
     return result
@@ -159,7 +159,7 @@ def _run_all(
                 if on_run is not None:
                     on_run(mode, seed, run_cfg)
                 train_fn(run_cfg, resume and (run_dir / "config.toml").is_file())
-            _barrier()  # rank 0 has written the run's summary before any rank reads it
+            distributed.barrier()  # rank 0 has written the run's summary before any rank reads it
             outcomes.append(read_outcome(run_dir, mode, seed))
     return outcomes
 
@@ -290,34 +290,3 @@ def _stat(values: list[float]) -> Stat:
 
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
-
-
-@contextmanager
-def _process_group(cfg: TrainConfig) -> Iterator[None]:
-    # Under torchrun, one process group for all runs: the trainer leaves a caller's group in place, and
-    # creating a second group after destroying the first can hang on torchrun's store.
-    import torch
-    import torch.distributed as dist
-
-    if "RANK" not in os.environ or dist.is_initialized():
-        yield
-        return
-    use_cuda = torch.cuda.is_available() if cfg.run.device == "auto" else cfg.run.device == "cuda"
-    if use_cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    dist.init_process_group("nccl" if use_cuda else "gloo")  # the trainer's setup() sees it and keeps it
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-def _is_main() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0

@@ -7,6 +7,8 @@ process, so the training loop reads the same either way.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +55,30 @@ def setup(device: str = "auto") -> DistInfo:
         dist.init_process_group("nccl" if use_cuda else "gloo")
         _OWNED.add("default")  # ours to destroy; a caller's group (e.g. train --compare's) is left alone
     return DistInfo(rank, world, local_rank, torch.device(f"cuda:{local_rank}" if use_cuda else "cpu"))
+
+
+@contextmanager
+def process_group(device: str = "auto") -> Iterator[None]:
+    """One process group for several trainer runs under torchrun (``train --compare``); nothing otherwise.
+
+    Each run's :func:`setup` finds the group and keeps it, since creating a second group after destroying
+    the first can hang on torchrun's store. The group is destroyed on leaving.
+
+    >>> with process_group("cpu"):
+    ...     dist.is_initialized() == ("RANK" in os.environ)
+    True
+    """
+    if "RANK" not in os.environ or dist.is_initialized():
+        yield
+        return
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
 
 
 def cleanup() -> None:
