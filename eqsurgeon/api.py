@@ -16,16 +16,15 @@ frozen options record, and returns a typed result. The CLI is a thin shell over 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from eqsurgeon.calibration import CalibrationOptions, CalibrationResult, Progress, RecordSource, build_record
-from eqsurgeon.checking import DEFAULT_MAX_RATIO, CheckResult
-from eqsurgeon.errors import EqSurgeonError, OptionError, check_choice, check_range
+from eqsurgeon.calibration import CalibrationOptions, Progress, RecordSource, build_record
+from eqsurgeon.checking import DEFAULT_MAX_RATIO
+from eqsurgeon.errors import EqSurgeonError, OptionError, check_range
 from eqsurgeon.images import Skipped
 from eqsurgeon.inputs import (
     Data,
@@ -39,69 +38,7 @@ from eqsurgeon.inputs import (
     require_batch_for_bn,
 )
 from eqsurgeon.records import Analysis, CalibrationRecord, InputInfo
-from eqsurgeon.verification import Verification
-
-FRONTENDS = ("auto", "fx", "export")
-
-
-@dataclass(frozen=True)
-class MeasureOptions:
-    """How analyze and check measure: BN mode, capture frontend, and whether to measure gradients.
-
-    Attributes:
-        bn_mode: "auto", "batch" or "eval" (see :func:`eqsurgeon.measure.measure`).
-        frontend: "auto", "fx" or "export".
-        gradients: also run a backward and measure each input's weight-gradient RMS
-            (:func:`eqsurgeon.gradients.measure_gradients`): cross-entropy when the data is a
-            segmentation folder (images/ + masks/), else a random projection of the logits.
-    """
-
-    bn_mode: str = "auto"
-    frontend: str = "auto"
-    gradients: bool = False
-
-    def __post_init__(self) -> None:
-        from eqsurgeon.measure import BN_MODES
-
-        check_choice("bn_mode", self.bn_mode, BN_MODES)
-        check_choice("frontend", self.frontend, FRONTENDS)
-
-
-@dataclass(frozen=True)
-class Analyzed:
-    """What :func:`analyze` and :func:`check` measured, with the checkpoint's record and skipped files."""
-
-    analysis: Analysis
-    record: CalibrationRecord | None = None
-    skipped: tuple[Skipped, ...] = ()
-
-
-@dataclass(frozen=True)
-class Checked(Analyzed):
-    """:func:`check`'s verdict on top of the analysis."""
-
-    result: CheckResult | None = None
-
-
-@dataclass(frozen=True)
-class Calibrated:
-    """What :func:`calibrate` did, and where it wrote the weights (None when ``out`` was not given)."""
-
-    result: CalibrationResult
-    record: CalibrationRecord
-    model: nn.Module
-    out: Path | None
-    skipped: tuple[Skipped, ...] = ()
-
-
-@dataclass(frozen=True)
-class Verified:
-    """:func:`verify`'s effective statistics and the record they were computed against."""
-
-    verification: Verification
-    record: CalibrationRecord
-    size: tuple[int, int]
-    skipped: tuple[Skipped, ...] = ()
+from eqsurgeon.results import Analyzed, Calibrated, Checked, MeasureOptions, Verified
 
 
 def analyze(
@@ -280,7 +217,11 @@ def verify(
 
 
 def _with_gradients(
-    analysis: Analysis, net: nn.Module, data: Data, batches: Iterable[torch.Tensor], opts: DataOptions,
+    analysis: Analysis,
+    net: nn.Module,
+    data: Data,
+    batches: Iterable[torch.Tensor],
+    opts: DataOptions,
     record: CalibrationRecord | None,
 ) -> Analysis:
     # The backward runs on the images the moments came from, with their masks when the folder has them.
