@@ -106,6 +106,56 @@ def test_cli_converts_and_refuses_to_overwrite(tmp_path: Path) -> None:
     assert again.exit_code == 2 and "--force" in again.output
 
 
+def _cli(*args: object) -> Any:
+    from typer.testing import CliRunner
+
+    from eqsurgeon.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.mark.parity
+@needs_mmseg
+def test_the_record_survives_mmengines_own_load_and_save(tmp_path: Path) -> None:
+    """Issue 11's mmseg round trip through mmengine itself: ``load_checkpoint`` into the model (strict),
+    ``save_checkpoint`` of the loaded checkpoint's meta with the model's weights (what a user's script or
+    mmengine's CheckpointHook writes). Then check passes, calibrate refuses, the record is intact; and with
+    the meta replaced (a Runner's new checkpoint keeps none of the old meta) the fold is recognized."""
+    from mmengine.runner.checkpoint import get_state_dict, load_checkpoint, save_checkpoint, weights_to_cpu
+
+    from eqsurgeon.io import read
+    from fixtures.calibration import make_images
+
+    images = make_images(tmp_path / "imgs", 16, size=64)
+    spec = "upernet_tiny"
+    model_args = ("--arg", "num_classes=3", "--input-size", "64x64", "--batch-size", 4)
+    torch.manual_seed(0)
+    src = tmp_path / "iter_8000.pth"
+    _save_like_mmengine(create_model(spec, num_classes=3), src)
+    cal = tmp_path / "cal.pth"
+    done = _cli("calibrate", spec, "--checkpoint", src, "--data", images, "--out", cal, *model_args)
+    assert done.exit_code == 0, done.output
+
+    model = create_model(spec, num_classes=3)
+    checkpoint = load_checkpoint(model, str(cal), map_location="cpu", strict=True)
+    assert checkpoint["meta"]["mmseg_version"] == "1.2.2"  # the input's meta was kept beside the record
+    weights = weights_to_cpu(get_state_dict(model))
+    resaved, new_meta = tmp_path / "resaved.pth", tmp_path / "new_meta.pth"
+    save_checkpoint({"meta": checkpoint["meta"], "state_dict": weights}, str(resaved))
+    save_checkpoint({"meta": {"iter": 8001}, "state_dict": weights}, str(new_meta))
+    assert read(resaved).record == read(cal).record
+    assert read(new_meta).record is None
+
+    for path in (resaved, new_meta):
+        checked = _cli("check", spec, "--checkpoint", path, "--data", images, "--batches", 2, *model_args)
+        assert checked.exit_code == 0, checked.output
+        text = " ".join(checked.output.split())  # rich wraps lines at the runner's width
+        assert ("folded scales read from the weights" in text) == (path == new_meta), text
+        again = tmp_path / "again.safetensors"
+        refused = _cli("calibrate", spec, "--checkpoint", path, "--data", images, "--out", again, *model_args)
+        assert refused.exit_code == 2 and not again.exists(), refused.output
+
+
 # -- without mmseg: the re-layouts and the errors ----------------------------------------------------------
 def test_patch_merging_reorder_turns_unfold_order_into_timms() -> None:
     torch.manual_seed(0)

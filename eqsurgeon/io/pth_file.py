@@ -108,6 +108,9 @@ def write_pth(
 ) -> Path:
     """Write the MMSegmentation layout ``{"state_dict", "meta"}``, keeping ``meta`` and adding the record.
 
+    numpy values in ``meta`` are written as Python ones, so the file loads with ``torch.load``'s default
+    ``weights_only=True``, as mmengine's ``load_checkpoint`` calls it.
+
     >>> import tempfile
     >>> p = write_pth(Path(tempfile.mkdtemp()) / "w.pth", {"w": torch.ones(1)}, None, {"epoch": 3})
     >>> torch.load(p, weights_only=True)["meta"]
@@ -162,9 +165,16 @@ def _reason(exc: BaseException) -> str:
 
 
 def _portable(value: Any) -> Any:
-    # meta without stand-ins, so the written file needs no stand-in to load
+    # meta as plain Python: no stand-ins, and numpy values as Python ones, so the written file loads with
+    # torch.load's default weights_only=True (mmengine's load_checkpoint on torch >= 2.6) and no safe globals
+    import numpy as np
+
     if isinstance(value, Opaque):
         return None
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.dtype):
+        return str(value)
     if isinstance(value, dict):
         return {k: _portable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
