@@ -17,9 +17,12 @@ relative standard error). A site counts as equalized when
    measured on other images or at another size than at calibration, a folded site may be off balance
    (``check`` then says so), and it is still folded.
 
-When the inputs are nearly balanced the two explanations coincide and nothing is recognized (nor
-needs to be: such a site passes ``check`` as it is). The implied scales s_i = sqrt(w_i / mean w) stand
-in for the record's folded 1/σ_i (var_ratio is scale-free, so only their ratios matter).
+When the inputs are nearly balanced the two explanations coincide. Such a site is still recognized when
+its weights are at a standard initialization (:data:`INITS`) but for the fold: a fold then leaves
+w_i = w0 / v_i in every slice, where w0 is the mean squared weight that initialization draws (from the
+layer's fans), while a fresh layer has w_i = w0 (:func:`judge_init`). The implied scales
+s_i = sqrt(w_i / mean w) stand in for the record's folded 1/σ_i (var_ratio is scale-free, so only their
+ratios matter).
 docs/recognition.md says where this can be fooled.
 
 >>> judge([4.0, 1.0], [0.25, 1.0], [0.02, 0.02]).equalized
@@ -30,8 +33,9 @@ False
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -39,10 +43,20 @@ from torch import nn
 
 from eqsurgeon.errors import CheckpointError, EqSurgeonError
 from eqsurgeon.records import FusionSite, Moments
+from eqsurgeon.weight_slices import fans, slice_kurtosis, slice_statistics
 
 KEEP = 0.5  # at most this share of the inputs' log variance spread may remain once the weights count
 EVIDENCE = 9.0  # χ² units by which the fold must explain the weights better than initialization
 Z = 3.0  # standard errors of initialization noise
+DRIFT = 0.2  # log units the variances measured now may differ from calibration's (other images, one batch)
+# Standard initializations: the mean squared weight w0 they draw, from the weight's (fan_in, fan_out), and
+# whether they draw uniformly (E[w⁴]/E[w²]² = 1.8) or normally (3); a fold scales a slice, not its shape.
+INITS: dict[str, tuple[Callable[[int, int], float], bool]] = {
+    "PyTorch's default, kaiming_uniform(a=√5)": (lambda fan_in, fan_out: 1 / (3 * fan_in), True),
+    "kaiming_normal, fan_out (mmcv's ConvModule)": (lambda fan_in, fan_out: 2 / fan_out, False),
+    "kaiming_normal, fan_in": (lambda fan_in, fan_out: 2 / fan_in, False),
+}
+UNIFORM_BELOW = 2.4  # kurtosis between a uniform draw's 1.8 and a normal draw's 3
 
 
 @dataclass(frozen=True)
@@ -84,54 +98,94 @@ def judge(variances: Sequence[float], mean_squares: Sequence[float], rel_se: Seq
     >>> r.equalized, round(r.effective_ratio, 2)
     (True, 1.02)
     """
-    v = [float(x) for x in variances]
-    w = [float(x) for x in mean_squares]
-    se = [float(x) for x in rel_se]
-    if len(v) < 2 or min(v) <= 0 or min(w) <= 0 or min(se) <= 0 or not all(map(math.isfinite, v + w + se)):
-        return Recognition((1.0,) * len(v), math.inf, math.inf, math.inf, math.inf, -math.inf, False)
-    log_v, log_w = [math.log(x) for x in v], [math.log(x) for x in w]
+    parts = _logs(variances, mean_squares, rel_se)
+    if parts is None:
+        return _unusable(len(variances))
+    log_v, log_w, se = parts
     precision = [1 / (x * x) for x in se]  # SE of log w_i ≈ relative SE of w_i
-    mean_log_w = sum(log_w) / len(w)
-    scales = tuple(math.exp((x - mean_log_w) / 2) for x in log_w)
     terms = [a + b for a, b in zip(log_v, log_w, strict=True)]
-    effective = math.exp(max(terms) - min(terms))
-    hi, lo = terms.index(max(terms)), terms.index(min(terms))
-    noise = math.hypot(se[hi], se[lo])
     # How much better "w_i ∝ 1/v_i" explains the weights than "w_i all equal" (χ² difference)
     evidence = _scatter(log_w, precision) - _scatter(terms, precision)
+    found = _recognition(log_v, log_w, se, evidence, equalized=False)
     # Both tests fail by themselves when the inputs are nearly balanced: the two explanations coincide.
-    raw = max(v) / min(v)
-    equalized = evidence >= EVIDENCE and math.log(effective) <= KEEP * math.log(raw) + Z * noise
-    return Recognition(scales, raw, max(w) / min(w), effective, noise, evidence, equalized)
+    limit = KEEP * math.log(found.raw_ratio) + Z * found.noise
+    return dataclasses.replace(
+        found, equalized=evidence >= EVIDENCE and math.log(found.effective_ratio) <= limit
+    )
+
+
+def judge_init(
+    variances: Sequence[float], mean_squares: Sequence[float], rel_se: Sequence[float], inits: Sequence[float]
+) -> Recognition:
+    """Decide whether the weights are one of the initializations drawing mean square ``inits``, folded.
+
+    Fresh at init w0: w_i = w0 in every slice; folded from it: w_i·v_i = w0 in every slice; each within
+    Z standard errors plus ``DRIFT``. When the weights are fresh at any of ``inits`` nothing is
+    recognized, so a layer at its own initialization is never taken for another one folded. Otherwise
+    the first folded fit wins; ``evidence`` is its χ² difference, fresh against folded.
+
+    >>> judge_init([0.33, 0.36], [3.0, 2.8], [0.01, 0.01], inits=[1.0]).equalized  # folded by σ ≈ 0.58
+    True
+    >>> judge_init([0.33, 0.36], [1.0, 1.02], [0.01, 0.01], inits=[3.0, 1.0]).equalized  # fresh at 1.0
+    False
+    """
+    parts = _logs(variances, mean_squares, rel_se)
+    usable = [w0 for w0 in inits if w0 > 0 and math.isfinite(w0)]
+    if parts is None or not usable:
+        return _unusable(len(variances))
+    log_v, log_w, se = parts
+    allowed = [Z + DRIFT / s for s in se]  # in standard errors
+
+    def misfit(logs: list[float], w0: float) -> list[float]:
+        return [abs(x - math.log(w0)) / s for x, s in zip(logs, se, strict=True)]
+
+    def fits(logs: list[float], w0: float) -> bool:
+        return all(x <= a for x, a in zip(misfit(logs, w0), allowed, strict=True))
+
+    terms = [v + w for v, w in zip(log_v, log_w, strict=True)]
+    if not any(fits(log_w, w0) for w0 in usable):
+        for w0 in usable:
+            if fits(terms, w0):
+                evidence = sum(x * x for x in misfit(log_w, w0)) - sum(x * x for x in misfit(terms, w0))
+                return _recognition(log_v, log_w, se, evidence, equalized=True)
+    return _recognition(log_v, log_w, se, -math.inf, equalized=False)
+
+
+def _logs(
+    variances: Sequence[float], mean_squares: Sequence[float], rel_se: Sequence[float]
+) -> tuple[list[float], list[float], list[float]] | None:
+    v, w, se = [float(x) for x in variances], [float(x) for x in mean_squares], [float(x) for x in rel_se]
+    if len(v) < 2 or min(v) <= 0 or min(w) <= 0 or min(se) <= 0 or not all(map(math.isfinite, v + w + se)):
+        return None
+    return [math.log(x) for x in v], [math.log(x) for x in w], se
+
+
+def _unusable(n: int) -> Recognition:
+    return Recognition((1.0,) * n, math.inf, math.inf, math.inf, math.inf, -math.inf, False)
+
+
+def _recognition(
+    log_v: list[float], log_w: list[float], se: list[float], evidence: float, equalized: bool
+) -> Recognition:
+    mean_log_w = sum(log_w) / len(log_w)
+    scales = tuple(math.exp((x - mean_log_w) / 2) for x in log_w)
+    terms = [a + b for a, b in zip(log_v, log_w, strict=True)]
+    hi, lo = terms.index(max(terms)), terms.index(min(terms))
+    return Recognition(
+        scales=scales,
+        raw_ratio=math.exp(max(log_v) - min(log_v)),
+        weight_ratio=math.exp(max(log_w) - min(log_w)),
+        effective_ratio=math.exp(max(terms) - min(terms)),
+        noise=math.hypot(se[hi], se[lo]),
+        evidence=evidence,
+        equalized=equalized,
+    )
 
 
 def _scatter(x: Sequence[float], precision: Sequence[float]) -> float:
     # weighted sum of squares around the weighted mean: the χ² of "all x_i are equal"
     mean = sum(a * p for a, p in zip(x, precision, strict=True)) / sum(precision)
     return sum(p * (a - mean) ** 2 for a, p in zip(x, precision, strict=True))
-
-
-def slice_statistics(
-    weight: torch.Tensor, op: str, groups: int, ranges: Sequence[tuple[int, int]]
-) -> tuple[list[float], list[float]]:
-    """Per input range: the mean squared weight per input channel, and its relative standard error.
-
-    The layout follows ``eqsurgeon.equalize``: conv [out, in/groups, *k] (input channel c in group
-    c // (in/groups)), ConvTranspose [in, out/groups, *k], Linear [out, in].
-
-    >>> ms, se = slice_statistics(torch.ones(3, 4), "linear", 1, [(0, 2), (2, 4)])
-    >>> ms, se
-    ([1.0, 1.0], [0.0, 0.0])
-    """
-    squares = _per_channel_squares(weight.detach().double(), op, groups)  # [in, weights per channel]
-    means, rel_se = [], []
-    for start, stop in ranges:
-        chunk = squares[start:stop].reshape(-1)
-        mean = float(chunk.mean())
-        spread = float(chunk.std()) if chunk.numel() > 1 else math.inf
-        means.append(mean)
-        rel_se.append(spread / (mean * math.sqrt(chunk.numel())) if mean > 0 else math.inf)
-    return means, rel_se
 
 
 def recognize(
@@ -155,7 +209,17 @@ def recognize(
         if not site.ok or not measured or weight is None:
             continue
         means, rel_se = slice_statistics(weight, site.op, site.groups, [s.channels for s in site.subjects])
-        out[site.layer] = judge([m.var for m in measured], means, rel_se)
+        variances = [m.var for m in measured]
+        found = judge(variances, means, rel_se)
+        if not found.equalized:  # nearly balanced inputs: a fold still moves the slices off their init
+            fan_in, fan_out = fans(weight)
+            ranges = [s.channels for s in site.subjects]
+            uniform = [k < UNIFORM_BELOW for k in slice_kurtosis(weight, site.op, site.groups, ranges)]
+            inits = [w0(fan_in, fan_out) for w0, flat in INITS.values() if all(u == flat for u in uniform)]
+            if inits:
+                init_found = judge_init(variances, means, rel_se, inits)
+                found = init_found if init_found.equalized else found
+        out[site.layer] = found
     return out
 
 
@@ -217,15 +281,3 @@ def _weight(model: nn.Module, site: FusionSite) -> torch.Tensor | None:
         return None
     weight = getattr(module, "weight", None)
     return weight if isinstance(weight, torch.Tensor) else None
-
-
-def _per_channel_squares(w: torch.Tensor, op: str, groups: int) -> torch.Tensor:
-    # Squared weights regrouped as [input channel, every weight that multiplies it].
-    sq = w * w
-    if op == "linear":
-        return sq.t()
-    if op.startswith("conv_transpose"):
-        return sq.flatten(1)
-    out_channels, in_per_group = sq.shape[0], sq.shape[1]
-    per = sq.flatten(2).view(groups, out_channels // groups, in_per_group, -1)  # [g, out/g, in/g, k]
-    return per.permute(0, 2, 1, 3).reshape(groups * in_per_group, -1)
