@@ -65,7 +65,7 @@ def find_samples(root: Path, split: str, fmt: str = "auto") -> SampleList:
         raise DataError(f"data folder {root} does not exist; pass an existing folder with --data")
     if fmt not in FORMATS:
         raise DataError(f"unknown data.format {fmt!r}; use one of {', '.join(FORMATS)}")
-    fmt = _detect(root) if fmt == "auto" else fmt
+    fmt = detect_format(root) if fmt == "auto" else fmt
     found = _FINDERS[fmt](root, split)
     if not found.images:
         raise DataError(f"no {split} images found in {root} ({fmt} layout); check --data and data.format")
@@ -129,6 +129,13 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     def read(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode sample ``index`` and check its mask: (uint8 [3, H, W], uint8 [H, W])."""
+        pixels = self.read_pixels(index)
+        image = torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+        return image, self.read_mask(index, (pixels.shape[0], pixels.shape[1]))
+
+    def check_headers(self, index: int) -> tuple[int, int]:
+        """Check sample ``index``'s image and mask headers against the caps and each other, decoding
+        nothing; returns the image's (height, width)."""
         image_path, mask_path = self.samples.images[index], self.samples.masks[index]
         size = header_size(image_path, self.limits)  # caps first: nothing decoded yet
         mask_size = header_size(mask_path, self.limits)
@@ -137,17 +144,28 @@ class SegmentationDataset(torch.utils.data.Dataset):
                 f"mask {mask_path} is {mask_size[0]}x{mask_size[1]} but its image {image_path.name} is "
                 f"{size[0]}x{size[1]}; masks must match their image's size"
             )
+        return size[1], size[0]
+
+    def read_pixels(self, index: int) -> np.ndarray:
+        """Check the headers, then decode image ``index`` to uint8 [H, W, 3] RGB (the decoder's layout)."""
+        self.check_headers(index)
+        image_path = self.samples.images[index]
         try:
             with open_image(image_path) as img:
-                image = torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).contiguous()
+                return np.array(img if img.mode == "RGB" else img.convert("RGB"))
         except Exception as exc:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError...
             why = f"{type(exc).__name__}: {one_line(exc)}"
             raise DataError(f"cannot decode image {image_path} ({why}); remove or replace it") from None
+
+    def read_mask(self, index: int, size: tuple[int, int]) -> torch.Tensor:
+        """Decode mask ``index`` (uint8 [H, W]) and check it against its image's (height, width) and the
+        label range; ADE20K's labels are reduced here."""
+        image_path, mask_path = self.samples.images[index], self.samples.masks[index]
         mask = _read_mask(mask_path)
-        if tuple(image.shape[-2:]) != tuple(mask.shape):
+        if tuple(size) != tuple(mask.shape):
             raise DataError(
                 f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image {image_path.name} is "
-                f"{image.shape[2]}x{image.shape[1]}; masks must match their image's size"
+                f"{size[1]}x{size[0]}; masks must match their image's size"
             )
         if self.samples.reduce_zero_label:
             # ADE20K: 0 is "other", ignored; classes 1..150 become 0..149; 255 stays 255 (as in mmseg).
@@ -159,7 +177,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
                 f"mask {mask_path} has label {label}, outside data.num_classes = {self.num_classes} and not "
                 f"the ignore index {self.ignore_index}; fix the mask or set data.num_classes"
             )
-        return image, mask
+        return mask
 
 
 def _read_mask(path: Path) -> torch.Tensor:
@@ -178,7 +196,16 @@ def _read_mask(path: Path) -> torch.Tensor:
         ) from None
 
 
-def _detect(root: Path) -> str:
+def detect_format(root: Path) -> str:
+    """The layout of the dataset folder ``root``: "ade20k", "cityscapes", "voc" or "folder".
+
+    Raises:
+        DataError: no known layout.
+
+    >>> detect_format(Path("/nonexistent"))  # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    eqsurgeon.errors.DataError: /nonexistent matches no known dataset layout ...
+    """
     if (root / "ADEChallengeData2016").is_dir() or (root / "annotations" / "training").is_dir():
         return "ade20k"
     if (root / "leftImg8bit").is_dir() and (root / "gtFine").is_dir():
