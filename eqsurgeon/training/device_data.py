@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from torchvision import tv_tensors
 
 from eqsurgeon.training.augment import PaddedBatch, dominated
 from eqsurgeon.training.config import DataConfig
@@ -70,8 +69,13 @@ class PlannedDataset(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         epoch, index = key if isinstance(key, tuple) else (0, key)
-        image, size = self._source(index)
-        mask = self.base.read_mask(index, size).numpy()
+        pixels, mask_t = self.base.read_arrays(index, keep_jpeg=self.encoded_jpeg)
+        mask = mask_t.numpy()
+        if pixels is None:  # a JPEG: its bytes, for the GPU to decode
+            raw = self.base.samples.images[index].read_bytes()
+            image = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+        else:
+            image = torch.from_numpy(pixels)
         with torch.random.fork_rng(devices=[]):
             # the CPU generator alone: torch.manual_seed would also queue a lazy CUDA seeding call
             torch.default_generator.manual_seed(sample_seed(self.base.seed, epoch, index))
@@ -87,7 +91,7 @@ class PlannedDataset(Dataset):
         from the source mask with the row and column indices ``F.interpolate(mode="nearest")`` uses.
         """
         h, w = mask.shape
-        size = self.resize.make_params([tv_tensors.Mask(torch.from_numpy(mask)[None])])["size"]
+        size = self.resize.make_params([mask])["size"]  # it reads the shape alone
         rows, cols = _nearest_index(h, size[0]), _nearest_index(w, size[1])
         box, window = self._draw_crop(mask, rows, cols)
         flip = bool(torch.rand(1) < self.flip_prob)  # v2.RandomHorizontalFlip's draw
@@ -115,16 +119,6 @@ class PlannedDataset(Dataset):
                 top, left = draw_offsets(max_top, max_left)
                 window = _window(mask, rows, cols, top, left, ch, cw)
         return (top, left, ch, cw), window
-
-    def _source(self, index: int) -> tuple[torch.Tensor, tuple[int, int]]:
-        if self.encoded_jpeg:
-            path = self.base.samples.images[index]
-            size = self.base.check_headers(index)
-            raw = path.read_bytes()
-            if raw[:3] == b"\xff\xd8\xff":  # a JPEG: the GPU decodes it
-                return torch.frombuffer(bytearray(raw), dtype=torch.uint8), size
-        pixels = self.base.read_pixels(index)
-        return torch.from_numpy(pixels), (pixels.shape[0], pixels.shape[1])
 
 
 def _nearest_index(size: int, resized: int) -> np.ndarray:
