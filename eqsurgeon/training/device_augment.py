@@ -165,8 +165,11 @@ def decode_images(items: Sequence[torch.Tensor], device: torch.device) -> list[t
     1-D byte tensors are JPEG files, decoded on the GPU (nvjpeg, batched) when ``device`` is CUDA, else on
     the CPU; 3-D tensors are decoded images in the decoder's [H, W, 3] layout (transposed on the device).
 
-    >>> from torchvision.io import encode_jpeg
-    >>> jpg = encode_jpeg(torch.zeros(3, 8, 8, dtype=torch.uint8))
+    >>> import io
+    >>> from PIL import Image
+    >>> buf = io.BytesIO()
+    >>> Image.new("RGB", (8, 8)).save(buf, format="JPEG")
+    >>> jpg = torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
     >>> hwc = torch.zeros(2, 5, 3, dtype=torch.uint8)
     >>> [tuple(t.shape) for t in decode_images([jpg, hwc], torch.device("cpu"))]
     [(3, 8, 8), (3, 2, 5)]
