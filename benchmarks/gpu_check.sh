@@ -12,7 +12,9 @@
 #   bench                        limit   what it prints
 #   env                            20 s  GPU, driver, torch, CPU count
 #   bench_train (eager)           150 s  trainer / minimal loop, fold / none, peak memory
-#   bench_data                     60 s  images/s of the JPEG/PNG pipeline with N workers vs the step rate
+#   bench_data                    120 s  CPU per image vs JPEG decoding (target <= 2.0); loader images/s
+#                                        with N workers; the trainer on JPEG files vs in memory (issue 14:
+#                                        the loader keeps up when >= 0.97)
 #   bench_calibrate (512x512)      90 s  issue 3: measuring forward / plain forward, end-to-end images/s
 #   bench_train --compile     the rest   compile / eager (torch.compile warm-up included), at most 300 s
 #   total                   GPU_CHECK_BUDGET_S, default 470 s (the summary takes a second)
@@ -45,14 +47,14 @@ if [[ $SMOKE -eq 1 ]]; then
     DEVICE=cpu
     TRAIN=(--device cpu --model upernet_tiny --batch 2 --size 64 --amp none --iters 4 --window 2 --repeats 1)
     COMPILE=()  # torch.compile on 2 CPU cores takes minutes: the GPU run measures it
-    DATA=(--smoke)
+    DATA=(--smoke --train-iters 6)
     CALIB=(--device cpu --size 64 --images 16 --batches 2 --repeats 1 --workers 0)
 else
     DEVICE=cuda
     # defaults on cuda: upernet_convnext_tiny, batch 16, 512x512, bf16, channels_last, data in memory
     TRAIN=(--device cuda --iters 50 --window 10 --repeats 2)
     COMPILE=(--device cuda --iters 40 --window 10 --repeats 1 --compile)
-    DATA=(--workers 4 8 12 15 --images 96 --batches 20)
+    DATA=(--workers 4 8 12 15 --images 96 --batches 20 --train-iters 60)
     CALIB=(--device cuda --size 512 --model upernet_convnext_tiny --images 512 --workers 2)
 fi
 
@@ -67,7 +69,7 @@ try:
     print(json.loads(sys.stdin.read())["img_s"]["trainer"])
 except Exception:
     print(141.8)')
-step bench_data 60 "$PY" benchmarks/bench_data.py "${DATA[@]}" --target "$TARGET"
+step bench_data 120 "$PY" benchmarks/bench_data.py "${DATA[@]}" --target "$TARGET"
 if [[ -f benchmarks/bench_calibrate.py ]]; then
     step bench_calibrate 90 "$PY" benchmarks/bench_calibrate.py "${CALIB[@]}"
 fi
@@ -116,9 +118,16 @@ if comp:
                                  f"{comp['img_s'].get('trainer')})"),
              ("peak memory MiB, compile", comp.get("peak_mem_mb", {}).get("trainer compile"))]
 if data:
-    rows += [("data img/s by workers", data["img_s"]),
+    rows += [("data CPU / JPEG decode (target <= 2.0)",
+              f"{data['ratio_vs_decode']} (nvjpeg {data['ratio_vs_decode_nvjpeg']}, per-sample pipeline "
+              f"{data['ratio_vs_decode_workers_pipeline']})"),
+             ("data CPU ms per image", data["cpu_ms_per_image"]),
+             ("data device half ms per image", data["device_ms_per_image"]),
+             ("data img/s by workers", data["img_s"]),
              ("data best / step rate", f"{data['best_vs_target']} ({data['best_workers']} workers, target "
                                        f"{data['target_img_s']} img/s, {data['cpu_count']} CPUs)"),
+             ("trainer on files / in memory (>= 0.97)", f"{data['trainer_vs_target']} "
+                                                         f"({data['trainer_img_s']} img/s)"),
              ("data ms per image (1 process)", data["ms_per_image"])]
 if calib:
     rows.append(("calibrate (issue 3)", {k: v for k, v in calib.items() if k != "bench"}))

@@ -64,6 +64,26 @@ def open_image(path: Path | str) -> Image.Image:
         return Image.open(path)
 
 
+def open_checked(path: Path | str, limits: ImageLimits | None = None) -> Image.Image:
+    """The opened image (header read, nothing decoded) once its size is within ``limits``; else a
+    DataError, as :func:`header_size` says it. Decode it with ``load``/``convert`` and close it.
+
+    >>> open_checked("/nonexistent.png")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    eqsurgeon.errors.DataError: cannot read image /nonexistent.png (FileNotFoundError: ...
+    """
+    try:
+        img = open_image(path)
+    except Exception as exc:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError...
+        raise DataError(f"cannot read image {path} ({type(exc).__name__}: {one_line(exc)})") from None
+    problem = (limits or ImageLimits()).problem(*img.size)
+    if problem is not None:
+        img.close()
+        raise DataError(f"image {path}: {problem}; remove it or raise the cap")
+    return img
+
+
 def header_size(path: Path | str, limits: ImageLimits | None = None) -> tuple[int, int]:
     """(width, height) from an image's header, without decoding it; over ``limits``: a DataError.
 

@@ -33,7 +33,12 @@ def test_gpu_check_smoke_runs_every_bench(tmp_path: Path) -> None:
     summary = json.loads((logs / "summary.json").read_text())
     assert summary["train"]["bench"] == "train" and summary["data"]["bench"] == "data"
     assert summary["data"]["target_img_s"] == summary["train"]["img_s"]["trainer"]  # fed from bench_train
-    for needle in ("trainer / minimal", "fold / none", "data best / step rate", "calibrate (issue 3)"):
+    assert summary["data"]["ratio_vs_decode"] > 0 and summary["data"]["trainer_img_s"] > 0
+    assert summary["data"]["trainer_vs_target"] == pytest.approx(
+        summary["data"]["trainer_img_s"] / summary["data"]["target_img_s"], rel=0.01
+    )
+    for needle in ("trainer / minimal", "fold / none", "data best / step rate", "calibrate (issue 3)",
+                   "data CPU / JPEG decode (target <= 2.0)", "trainer on files / in memory"):  # fmt: skip
         assert needle in done.stdout, needle
 
 

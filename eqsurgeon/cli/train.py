@@ -6,15 +6,18 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
 from eqsurgeon.cli._common import State, console, handle_errors
+from eqsurgeon.cli._train_progress import pct as _pct
+from eqsurgeon.cli._train_progress import progress
+from eqsurgeon.training import runlog
 from eqsurgeon.training.config import TrainConfig, load_config
+from eqsurgeon.training.distributed import launched_rank
 
 if TYPE_CHECKING:
     from eqsurgeon.training.compare import Comparison, Stat
@@ -55,16 +58,19 @@ def train(
     )
     State.on_interrupt = lambda: _interrupted(recipe, Path(cfg.run.out), compare)
     note = batch_note(cfg)
-    if note:
+    if note and launched_rank() == 0:
         console.print(note)
     if compare:  # --out is the comparison folder: one run folder per (mode, seed) inside
 
         run_compare(cfg, seeds, resume)
         return
-    with _progress(cfg) as on_log:
+    with progress(cfg) as on_log:
         result = run_training(cfg, resume=resume, on_log=on_log)
+    if not result.is_main:  # under torchrun, rank 0 alone reports
+        return
     if result.metrics is not None:
-        console.print(iou_table(result.metrics, cfg.data.class_names))
+        full = f"{result.run_dir / runlog.LOG_NAME} and eval.json"
+        console.print(iou_table(result.metrics, result.class_names, full_table=full))
     summary = Table(title="run summary", show_header=False)
     summary.add_row("run folder", Text(str(result.run_dir)))  # user paths are never markup
     summary.add_row("iterations", str(result.iterations))
@@ -103,19 +109,28 @@ def recipe_overrides(
     return items
 
 
-def iou_table(metrics: SegMetrics, names: tuple[str, ...] = ()) -> Table:
-    """Per-class IoU and accuracy, with mIoU and overall accuracy in the footer."""
-    table = Table(title="per-class IoU", show_footer=True)
+def iou_table(metrics: SegMetrics, names: tuple[str, ...] = (), full_table: str = "") -> Table:
+    """Per-class IoU and accuracy, with mIoU and overall accuracy in the footer.
+
+    A long table (ADE20K's 150 classes) shows only the worst and best classes by IoU; ``full_table`` says
+    where every row is.
+    """
+    rows = runlog.class_rows(names or tuple(map(str, range(len(metrics.iou)))), metrics.iou)
+    caption = None
+    if -1 in rows:
+        caption = f"{len(metrics.iou)} classes: the {runlog.SUMMARY_ROWS} worst and best by IoU"
+        caption += f"; every class in {full_table}" if full_table else ""
+    table = Table(title="per-class IoU", show_footer=True, caption=caption)
     table.add_column("class", footer="mean")
     table.add_column("IoU %", justify="right", footer=_pct(metrics.miou))
     table.add_column("Acc %", justify="right", footer=f"aAcc {_pct(metrics.aacc)}")
-    for i, (iou, acc) in enumerate(zip(metrics.iou, metrics.acc, strict=True)):
-        table.add_row(Text(names[i] if i < len(names) else str(i)), _pct(iou), _pct(acc))
+    for i in rows:
+        if i < 0:
+            table.add_row("…", "", "")
+            continue
+        name = names[i] if i < len(names) else str(i)
+        table.add_row(Text(name), _pct(metrics.iou[i]), _pct(metrics.acc[i]))
     return table
-
-
-def _pct(value: float) -> str:
-    return "–" if math.isnan(value) else f"{100 * value:.2f}"
 
 
 def _interrupted(recipe: Path, run_dir: Path, compare: bool) -> str:
@@ -139,54 +154,13 @@ def _toml_str(path: Path) -> str:
     return '"' + str(path).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-class _progress:
-    """A rich progress bar fed by the trainer's log records (rank 0 only calls it)."""
-
-    def __init__(self, cfg: TrainConfig) -> None:
-        self.total = cfg.schedule.iters
-        self.bar = Progress(
-            TextColumn("[bold]train"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
-            TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[speed]} img/s"),
-            TextColumn("ETA {task.fields[eta]}  mem {task.fields[mem]}  {task.fields[miou]}"),
-            TimeElapsedColumn(),
-            console=console,
-        )
-        self.task = self.bar.add_task(
-            "train", total=self.total, loss="–", lr="–", speed="–", eta="–", mem="–", miou=""
-        )
-
-    def __enter__(self) -> Any:
-        self.bar.start()
-        return self.update
-
-    def __exit__(self, *exc: object) -> None:
-        self.bar.stop()
-
-    def update(self, record: dict[str, Any]) -> None:
-        if record["phase"] == "eval":
-            self.bar.update(self.task, miou=f"mIoU {_pct(record['mIoU'])}")
-            return
-        eta = int(record["eta_s"])
-        self.bar.update(
-            self.task,
-            completed=record["iter"],
-            loss=f"{record['loss']:.4f}",
-            lr=f"{record['lr']:.2e}",
-            speed=f"{record['img_s']:.1f}",
-            eta=f"{eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}",
-            mem=f"{record['peak_mem_mb']:.0f} MiB",
-        )
-
-
 def run_compare(cfg: TrainConfig, seeds: int, resume: bool) -> Comparison:
     """Run the comparison with a progress bar per run, print the table and where the files are."""
     from eqsurgeon.training.compare import compare
     from eqsurgeon.training.loop import train as loop_train
 
     def train_one(run_cfg: TrainConfig, run_resume: bool) -> object:
-        with _progress(run_cfg) as on_log:
+        with progress(run_cfg) as on_log:
             return loop_train(run_cfg, resume=run_resume, on_log=on_log)
 
     main = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 alone prints

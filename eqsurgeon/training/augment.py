@@ -85,7 +85,9 @@ def dominated(labels: torch.Tensor, cat_max_ratio: float, ignore_index: int) -> 
     >>> dominated(torch.tensor([0, 0, 0, 1]), 0.75, 255), dominated(torch.tensor([0, 0, 1, 1]), 0.75, 255)
     (True, False)
     """
-    counts = torch.bincount(labels[labels != ignore_index].flatten().long())
+    counts = torch.bincount(labels.flatten())  # all of them (uint8 counts as is), then ignore dropped
+    if 0 <= ignore_index < len(counts):
+        counts[ignore_index] = 0
     counts = counts[counts > 0]
     return not (len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio)
 
@@ -266,4 +268,5 @@ def reduce_zero_label(mask: torch.Tensor) -> torch.Tensor:
     >>> reduce_zero_label(torch.tensor([0, 1, 150, 255], dtype=torch.uint8)).tolist()
     [255, 0, 149, 255]
     """
-    return torch.where((mask == 0) | (mask == 255), 255, mask.to(torch.int64) - 1).to(torch.uint8)
+    # in uint8 throughout: 0 - 1 wraps to 255, and 255 is put back
+    return torch.where(mask == 255, mask, mask - 1)

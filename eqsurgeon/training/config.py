@@ -50,6 +50,7 @@ class DataConfig:
     std: tuple[float, float, float] = (58.395, 57.12, 57.375)
     batch_size: int = 2  # per process (per GPU)
     workers: int = 2  # data-loader workers per process
+    augment: str = "auto"  # where resize/crop/colour/normalize run: workers | device | auto (device on CUDA)
     max_pixels: int = 40_000_000  # images (and masks) whose header declares more are refused undecoded
     max_aspect: float = 50.0  # likewise for a longer side over this × the shorter
 
@@ -119,6 +120,7 @@ class RunConfig:
     channels_last: bool = False
     compile: bool = False
     log_interval: int = 50
+    tensorboard: str = "auto"  # auto: log to run/tb when tensorboard is installed; on: also say when not; off
     deterministic: bool = False  # cudnn.deterministic; CPU runs are deterministic already
     gpus: int = 0  # GPUs the recipe was written for: total batch = data.batch_size × gpus; 0 = any
 
@@ -138,6 +140,7 @@ class TrainConfig:
 
 CHOICES = {
     "data.format": ("auto", "folder", "ade20k", "cityscapes", "voc", "synthetic"),
+    "data.augment": ("auto", "workers", "device"),
     "optim.name": ("adamw", "sgd"),
     "loss.average": ("all", "valid"),
     "eval.mode": ("whole", "slide"),
@@ -146,6 +149,7 @@ CHOICES = {
     "eq.bias_correction": ("auto", "on", "off"),
     "run.device": ("auto", "cpu", "cuda"),
     "run.amp": ("none", "bf16", "fp16"),
+    "run.tensorboard": ("auto", "on", "off"),
 }
 
 

@@ -81,6 +81,44 @@ def process_group(device: str = "auto") -> Iterator[None]:
         dist.destroy_process_group()
 
 
+def launched_rank() -> int:
+    """This process's rank as torchrun set it (0 when not launched by torchrun), before any setup.
+
+    For code that must decide before training whether to print, e.g. the CLI's progress display.
+
+    >>> launched_rank() if "RANK" not in os.environ else 0
+    0
+    """
+    return int(os.environ.get("RANK", "0"))
+
+
+def wrap(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
+    """``model`` in DistributedDataParallel when there are several processes, else ``model`` itself.
+
+    The gradients live in DDP's communication buckets (``gradient_as_bucket_view``), allocated here,
+    before the first backward: autograd then accumulates into them in place, in the buckets' layout.
+    Without this, a weight whose gradient comes out in another memory layout than the weight's own (a
+    depthwise conv's [C, 1, k, k] weight fed channels-last activations, as in ConvNeXt blocks, or any conv
+    under ``run.channels_last``) has its gradient copied into the bucket at every step, and DDP warns
+    "Grad strides do not match bucket view strides". The optimizer must then zero the gradients rather
+    than drop them (``zero_grad(set_to_none=False)``), which keeps them bucket views.
+
+    >>> net = torch.nn.Linear(2, 2)
+    >>> wrap(net, DistInfo(0, 1, 0, torch.device("cpu"))) is net
+    True
+    """
+    if info.world == 1:
+        return model
+    for p in model.parameters():
+        if p.requires_grad:
+            p.grad = torch.zeros_like(p)  # DDP turns these into bucket views
+    return torch.nn.parallel.DistributedDataParallel(
+        model,
+        device_ids=[info.local_rank] if info.device.type == "cuda" else None,
+        gradient_as_bucket_view=True,
+    )
+
+
 def cleanup() -> None:
     """Destroy the process group if one was made."""
     if dist.is_initialized() and "default" in _OWNED:

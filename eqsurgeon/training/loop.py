@@ -35,6 +35,7 @@ from eqsurgeon.training.checkpoint import (
     checkpoint_files,
     load_state,
 )
+from eqsurgeon.training.classes import recipe_class_names
 from eqsurgeon.training.config import TrainConfig
 from eqsurgeon.training.datasets import make_datasets
 from eqsurgeon.training.metrics import SegMetrics
@@ -54,6 +55,8 @@ class TrainResult:
     seconds: float
     eq: CalibrationRecord | None
     model: nn.Module  # the trained model, unwrapped from DDP/compile, on its device
+    class_names: tuple[str, ...] = ()  # one per class: the recipe's, else the dataset's standard ones
+    is_main: bool = True  # rank 0 (the process that wrote the run folder)
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, on_log: LogFn | None = None) -> TrainResult:
@@ -62,7 +65,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, on_log: LogFn | None = None
     Args:
         cfg: the resolved recipe.
         resume: continue the run in ``cfg.run.out`` from its latest checkpoint.
-        on_log: called on rank 0 with each record written to metrics.jsonl (plus ``eta_s``, ``phase``).
+        on_log: called on rank 0 with each record written to metrics.jsonl, plus ``phase`` ("train" with
+            ``eta_s``, "eval" with ``classes``) and notes (``phase`` "note", ``text``).
 
     Raises:
         DataError, RecipeError, CheckpointError, OutputExistsError: bad input, before training starts.
@@ -90,7 +94,8 @@ def _train(cfg: TrainConfig, resume: bool, on_log: LogFn, info: distributed.Dist
     train_set, val_set = make_datasets(cfg)
     ckpt = _on_rank0(info, lambda: rundir.check(run_dir, cfg, resume))
     start = _prepare_model(cfg, ckpt, train_set, info)
-    loop = Loop(cfg, info, start, ckpt, on_log)
+    names = recipe_class_names(cfg.data)
+    loop = Loop(cfg, info, start, ckpt, on_log, names)
     if ckpt is None and info.is_main:
         rundir.create(run_dir, cfg)  # only now: a start that failed on bad input leaves no folder behind
     if cfg.eq.mode != "none" and start.eq_record is not None and ckpt is None and info.is_main:
@@ -100,7 +105,7 @@ def _train(cfg: TrainConfig, resume: bool, on_log: LogFn, info: distributed.Dist
     final = checkpoint_files(run_dir, cfg.schedule.iters).weights
     result = TrainResult(
         run_dir, cfg.schedule.iters, final, loop.best_miou, metrics, time.perf_counter() - t_start,
-        start.eq_record, loop.raw,
+        start.eq_record, loop.raw, names, info.is_main,
     )  # fmt: skip
     if info.is_main:
         summary = {"iterations": result.iterations, "weights": str(final), "best_mIoU": loop.best_miou,

@@ -57,3 +57,23 @@ def segmentation_loss(
     if aux is not None and aux_weight:
         loss = loss + aux_weight * cross_entropy(aux, target, ignore_index, average)
     return loss
+
+
+def loss_parts(
+    out: Any, target: torch.Tensor, ignore_index: int = 255, aux_weight: float = 0.4, average: str = "all"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`segmentation_loss` and its detached (total, decode, aux) parts for the log, named as
+    MMSegmentation's decode.loss_ce and aux.loss_ce (aux is 0 without an auxiliary head).
+
+    >>> m = torch.zeros(1, 2, 2, 2)
+    >>> loss, parts = loss_parts((m, m), torch.zeros(1, 2, 2, dtype=torch.long))
+    >>> [round(v, 4) for v in parts.tolist()]  # (1 + 0.4) × ln 2 = ln 2 + 0.4 ln 2
+    [0.9704, 0.6931, 0.2773]
+    """
+    main, aux = split_outputs(out)
+    decode = cross_entropy(main, target, ignore_index, average)
+    loss, aux_part = decode, torch.zeros((), device=decode.device)
+    if aux is not None and aux_weight:
+        aux_part = aux_weight * cross_entropy(aux, target, ignore_index, average)
+        loss = decode + aux_part
+    return loss, torch.stack([loss, decode, aux_part]).detach().float()

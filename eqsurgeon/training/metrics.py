@@ -8,7 +8,9 @@ class's IoU is not an average of per-image IoUs. Classes that appear in neither 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -69,3 +71,27 @@ def summarize(areas: torch.Tensor) -> SegMetrics:
         aacc=float(inter.sum()) / total if total else math.nan,
         pixels=int(total),
     )
+
+
+def metrics_json(metrics: SegMetrics, names: Sequence[str]) -> dict[str, Any]:
+    """The evaluation as JSON-ready data, each class with its name; fractions 0-1, null where undefined.
+
+    >>> doc = metrics_json(summarize(torch.tensor([[1, 0], [1, 1], [2, 0]])), ["sky", "road"])
+    >>> doc["mIoU"], doc["classes"][1]
+    (0.25, {'name': 'road', 'IoU': 0.0, 'Acc': None})
+    """
+    accs = [a for a in metrics.acc if not math.isnan(a)]
+    return {
+        "mIoU": _finite(metrics.miou),
+        "aAcc": _finite(metrics.aacc),
+        "mAcc": _finite(sum(accs) / len(accs)) if accs else None,
+        "pixels": metrics.pixels,
+        "classes": [
+            {"name": name, "IoU": _finite(iou), "Acc": _finite(acc)}
+            for name, iou, acc in zip(names, metrics.iou, metrics.acc, strict=True)
+        ],
+    }
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None

@@ -27,6 +27,7 @@ RESUME_MAY_DIFFER = frozenset(
         "model.init",
         "run.out",
         "run.log_interval",
+        "run.tensorboard",
         "run.compile",
         "eval.max_images",
         "data.max_pixels",

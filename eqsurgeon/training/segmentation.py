@@ -12,11 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from eqsurgeon.errors import DataError, one_line
-from eqsurgeon.image_caps import ImageLimits, header_size, open_image
+from eqsurgeon.image_caps import ImageLimits, open_checked
 from eqsurgeon.training.augment import reduce_zero_label
 from eqsurgeon.training.transforms import sample_seed
 
@@ -65,7 +66,7 @@ def find_samples(root: Path, split: str, fmt: str = "auto") -> SampleList:
         raise DataError(f"data folder {root} does not exist; pass an existing folder with --data")
     if fmt not in FORMATS:
         raise DataError(f"unknown data.format {fmt!r}; use one of {', '.join(FORMATS)}")
-    fmt = _detect(root) if fmt == "auto" else fmt
+    fmt = detect_format(root) if fmt == "auto" else fmt
     found = _FINDERS[fmt](root, split)
     if not found.images:
         raise DataError(f"no {split} images found in {root} ({fmt} layout); check --data and data.format")
@@ -129,29 +130,32 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     def read(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode sample ``index`` and check its mask: (uint8 [3, H, W], uint8 [H, W])."""
+        pixels, mask = self.read_arrays(index)
+        assert pixels is not None
+        return torch.from_numpy(pixels).permute(2, 0, 1).contiguous(), mask
+
+    def read_arrays(self, index: int, keep_jpeg: bool = False) -> tuple[np.ndarray | None, torch.Tensor]:
+        """Sample ``index`` as (uint8 [H, W, 3] RGB in the decoder's layout, checked mask uint8 [H, W]).
+
+        Both headers are checked against the caps and each other before anything is decoded, and each
+        file is opened once. With ``keep_jpeg`` a JPEG image is left undecoded (None), for the GPU.
+        """
         image_path, mask_path = self.samples.images[index], self.samples.masks[index]
-        size = header_size(image_path, self.limits)  # caps first: nothing decoded yet
-        mask_size = header_size(mask_path, self.limits)
-        if mask_size != size:  # checked on the headers: a mask must not cost more than its image
-            raise DataError(
-                f"mask {mask_path} is {mask_size[0]}x{mask_size[1]} but its image {image_path.name} is "
-                f"{size[0]}x{size[1]}; masks must match their image's size"
-            )
-        try:
-            with open_image(image_path) as img:
-                image = torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).contiguous()
-        except Exception as exc:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError...
-            why = f"{type(exc).__name__}: {one_line(exc)}"
-            raise DataError(f"cannot decode image {image_path} ({why}); remove or replace it") from None
-        mask = _read_mask(mask_path)
-        if tuple(image.shape[-2:]) != tuple(mask.shape):
-            raise DataError(
-                f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image {image_path.name} is "
-                f"{image.shape[2]}x{image.shape[1]}; masks must match their image's size"
-            )
+        with open_checked(image_path, self.limits) as img, open_checked(mask_path, self.limits) as labels:
+            if labels.size != img.size:  # on the headers: a mask must not cost more than its image
+                raise DataError(
+                    f"mask {mask_path} is {labels.size[0]}x{labels.size[1]} but its image {image_path.name} "
+                    f"is {img.size[0]}x{img.size[1]}; masks must match their image's size"
+                )
+            pixels = None if keep_jpeg and img.format == "JPEG" else _decode_rgb(img, image_path)
+            mask = _decode_mask(labels, mask_path)
+        return pixels, self._checked(mask, mask_path)
+
+    def _checked(self, mask: np.ndarray, mask_path: Path) -> torch.Tensor:
         if self.samples.reduce_zero_label:
             # ADE20K: 0 is "other", ignored; classes 1..150 become 0..149; 255 stays 255 (as in mmseg).
-            mask = reduce_zero_label(mask)
+            mask = reduce_zero_label(torch.from_numpy(mask)).numpy()
+        # numpy, not torch: several times faster on uint8 maps, and workers do this for every image
         bad = (mask >= self.num_classes) & (mask != self.ignore_index)
         if bad.any():
             label = int(mask[bad][0])
@@ -159,26 +163,40 @@ class SegmentationDataset(torch.utils.data.Dataset):
                 f"mask {mask_path} has label {label}, outside data.num_classes = {self.num_classes} and not "
                 f"the ignore index {self.ignore_index}; fix the mask or set data.num_classes"
             )
-        return image, mask
+        return torch.from_numpy(mask)
 
 
-def _read_mask(path: Path) -> torch.Tensor:
+def _decode_rgb(img: Image.Image, path: Path) -> np.ndarray:
     try:
-        with open_image(path) as img:
-            if img.mode not in ("L", "P"):
-                raise DataError(
-                    f"mask {path} has mode {img.mode}; masks must be single-channel index PNGs (mode L or P)"
-                )
-            return torch.from_numpy(np.array(img, dtype=np.uint8))
-    except DataError:
-        raise
+        return np.array(img) if img.mode == "RGB" else np.array(img.convert("RGB"))
+    except Exception as exc:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError...
+        why = f"{type(exc).__name__}: {one_line(exc)}"
+        raise DataError(f"cannot decode image {path} ({why}); remove or replace it") from None
+
+
+def _decode_mask(img: Image.Image, path: Path) -> np.ndarray:
+    if img.mode not in ("L", "P"):
+        raise DataError(
+            f"mask {path} has mode {img.mode}; masks must be single-channel index PNGs (mode L or P)"
+        )
+    try:
+        return np.array(img, dtype=np.uint8)
     except Exception as exc:  # a truncated or corrupt file: PIL raises OSError, ValueError, SyntaxError...
         raise DataError(
             f"cannot decode mask {path} ({type(exc).__name__}: {one_line(exc)}); remove or replace it"
         ) from None
 
 
-def _detect(root: Path) -> str:
+def detect_format(root: Path) -> str:
+    """The layout of the dataset folder ``root``: "ade20k", "cityscapes", "voc" or "folder".
+
+    Raises:
+        DataError: no known layout.
+
+    >>> detect_format(Path("/nonexistent"))  # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    eqsurgeon.errors.DataError: /nonexistent matches no known dataset layout ...
+    """
     if (root / "ADEChallengeData2016").is_dir() or (root / "annotations" / "training").is_dir():
         return "ade20k"
     if (root / "leftImg8bit").is_dir() and (root / "gtFine").is_dir():

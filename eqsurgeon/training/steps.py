@@ -23,10 +23,12 @@ from eqsurgeon.training import distributed, rundir
 from eqsurgeon.training.augment import PaddedBatch
 from eqsurgeon.training.checkpoint import restore, rng_state, save_checkpoint, write_weights
 from eqsurgeon.training.config import TrainConfig
-from eqsurgeon.training.evaluate import autocast, evaluate, to_input
+from eqsurgeon.training.device_data import PlannedDataset, augments_on_device, collate_planned, model_input
+from eqsurgeon.training.evaluate import autocast, evaluate
 from eqsurgeon.training.grad_log import grad_ratio_hooks
-from eqsurgeon.training.losses import segmentation_loss
+from eqsurgeon.training.losses import loss_parts
 from eqsurgeon.training.metrics import SegMetrics
+from eqsurgeon.training.monitor import Monitor
 from eqsurgeon.training.optim import build_optimizer, build_scheduler
 from eqsurgeon.training.sampler import InfiniteSampler
 from eqsurgeon.training.transforms import PadCollate
@@ -50,9 +52,16 @@ class Loop:
     another with logging, evaluation and checkpoints at their intervals."""
 
     def __init__(
-        self, cfg: TrainConfig, info: distributed.DistInfo, start: Start, ckpt: Any, on_log: LogFn
+        self,
+        cfg: TrainConfig,
+        info: distributed.DistInfo,
+        start: Start,
+        ckpt: Any,
+        on_log: LogFn,
+        class_names: tuple[str, ...] = (),
     ) -> None:
         self.cfg, self.info, self.on_log, self.device = cfg, info, on_log, info.device
+        self.class_names = class_names or tuple(map(str, range(cfg.data.num_classes)))
         self.run_dir, self.eq_record, self.best_miou = Path(cfg.run.out), start.eq_record, start.best_miou
         self.raw, self.net = _place(start.model, cfg, info)  # raw: its state dict is what checkpoints hold
         self.grad_hooks = grad_ratio_hooks(self.raw, cfg, self.device)  # per-site grad_ratio on log steps
@@ -64,8 +73,10 @@ class Loop:
             restore(ckpt, start.state, objects, info.rank)
             if info.is_main:
                 rundir.truncate_metrics(self.run_dir, start.iteration)
-        self.writer: Any = None
-        self.loss_sum = torch.zeros((), device=self.device)  # summed on device, read at log time
+        self.monitor: Monitor | None = None
+        # (total, decode, aux) loss summed on the device and read at log time: no sync per step
+        self.loss_sum = torch.zeros(3, device=self.device)
+        self.has_aux = False
         self.window_start, self.window_iters = time.perf_counter(), 0
 
     def run(self, train_set: Any, val_set: Any, start_iter: int) -> SegMetrics | None:
@@ -74,14 +85,18 @@ class Loop:
         self.sampler = InfiniteSampler(
             len(train_set), cfg.run.seed, self.info.rank, self.info.world, start=start_iter * d.batch_size
         )
+        on_device = augments_on_device(d, self.device, train_set)
+        if on_device:  # workers decode and plan; the batch is augmented on the device (device_data.py)
+            train_set = PlannedDataset(train_set, d, encoded_jpeg=self.device.type == "cuda")
         loader = DataLoader(
             train_set, batch_size=d.batch_size, sampler=self.sampler, num_workers=d.workers,
             pin_memory=self.device.type == "cuda", persistent_workers=d.workers > 0,
             generator=torch.Generator(),  # keep the global RNG untouched by loader start-up
-            collate_fn=PadCollate(d.crop_size, d.ignore_index),  # padded after normalization, as in mmseg
+            # padded after normalization, as in mmseg
+            collate_fn=collate_planned if on_device else PadCollate(d.crop_size, d.ignore_index),
         )  # fmt: skip
         batches = iter(loader)
-        self.writer = rundir.open_tensorboard(self.run_dir) if self.info.is_main else None
+        self.monitor = Monitor(self.run_dir, cfg, self.class_names, self.on_log, self.info.is_main)
         self.net.train()
         metrics = None
         self.window_start = time.perf_counter()
@@ -98,34 +113,36 @@ class Loop:
                 metrics = self._evaluate(val_set, done)
             if checkpointing:
                 self._checkpoint(done)
-        if self.writer is not None:
-            self.writer.close()
+        self.monitor.close()
         return metrics
 
-    def _step(self, batch: PaddedBatch, it: int, first: bool) -> None:
+    def _step(self, batch: PaddedBatch | tuple[Any, ...], it: int, first: bool) -> None:
         cfg, d, device = self.cfg, self.cfg.data, self.device
         self.grad_hooks.armed = (it + 1) % cfg.run.log_interval == 0
-        x = to_input(batch.images.to(device, non_blocking=True), d, cfg.run.channels_last, batch.sizes)
-        y = batch.masks.to(device, non_blocking=True).long()
+        x, y = model_input(batch, d, device, cfg.run.channels_last)
         with autocast(device, cfg.run.amp):
             out = self.net(x)
             if first:
-                _check_classes(split_outputs(out)[0], d.num_classes)
-            loss = segmentation_loss(out, y, d.ignore_index, cfg.loss.aux_weight, cfg.loss.average)
+                main, aux = split_outputs(out)
+                _check_classes(main, d.num_classes)
+                self.has_aux = aux is not None and cfg.loss.aux_weight != 0
+            loss, parts = loss_parts(out, y, d.ignore_index, cfg.loss.aux_weight, cfg.loss.average)
         self.scaler.scale(loss).backward()
         if cfg.optim.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.raw.parameters(), cfg.optim.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+        # Under DDP the gradients are views into its buckets (distributed.wrap): zero them, keep them.
+        self.optimizer.zero_grad(set_to_none=self.info.world == 1)
         self.scheduler.step()
-        self.loss_sum += loss.detach()
+        self.loss_sum += parts
         self.window_iters += 1
 
     def _log(self, done: int) -> None:
         cfg, info = self.cfg, self.info
-        mean_loss = distributed.all_reduce_sum(self.loss_sum / self.window_iters).item() / info.world
+        means = (distributed.all_reduce_sum(self.loss_sum / self.window_iters) / info.world).tolist()
+        mean_loss = means[0]
         if not math.isfinite(mean_loss):
             raise TrainingError(
                 f"loss became {mean_loss} between iterations {done - self.window_iters + 1} and {done}; the "
@@ -135,16 +152,16 @@ class Loop:
         record = {
             "iter": done,
             "loss": mean_loss,
+            "loss_decode": means[1],
+            **({"loss_aux": means[2]} if self.has_aux else {}),
             "lr": self.optimizer.param_groups[0]["lr"],
             "img_s": self.window_iters * cfg.data.batch_size * info.world / max(elapsed, 1e-9),
             "peak_mem_mb": _peak_memory_mb(self.device),
         }
         if ratios := self.grad_hooks.read():
             record["grad_ratio"] = ratios
-        if info.is_main:
-            rundir.log_record(self.run_dir, self.writer, record)
-            eta = elapsed / self.window_iters * (cfg.schedule.iters - done)
-            self.on_log({**record, "phase": "train", "eta_s": eta})
+        if self.monitor is not None:  # it writes and calls on_log on rank 0 alone
+            self.monitor.train(record, eta_s=elapsed / self.window_iters * (cfg.schedule.iters - done))
         self.loss_sum.zero_()
         self.window_start, self.window_iters = time.perf_counter(), 0
 
@@ -152,15 +169,13 @@ class Loop:
         cfg, d = self.cfg, self.cfg.data
         distributed.broadcast_buffers(self.raw)
         metrics = evaluate(self.raw, val_set, d, cfg.eval, self.device, cfg.run.amp, cfg.run.channels_last)
-        record = {"iter": done, "mIoU": metrics.miou, "aAcc": metrics.aacc, "IoU": list(metrics.iou)}
-        if self.info.is_main:
-            rundir.log_record(self.run_dir, self.writer, record)
-            self.on_log({**record, "phase": "eval"})
-            if self.best_miou is None or metrics.miou > self.best_miou:
-                self.best_miou = metrics.miou
-                best = self.run_dir / "best.safetensors"
-                write_weights(best, self.raw.state_dict(), self.eq_record, cfg.model, done)
-                write_json(self.run_dir / "best.json", {"iter": done, "mIoU": metrics.miou})
+        if self.monitor is not None:
+            self.monitor.evaluate(done, metrics)
+        if self.info.is_main and (self.best_miou is None or metrics.miou > self.best_miou):
+            self.best_miou = metrics.miou
+            best = self.run_dir / "best.safetensors"
+            write_weights(best, self.raw.state_dict(), self.eq_record, cfg.model, done)
+            write_json(self.run_dir / "best.json", {"iter": done, "mIoU": metrics.miou})
         self.best_miou = distributed.broadcast_object(self.best_miou)
         self.window_start = time.perf_counter()  # evaluation time is not training throughput
         return metrics
@@ -199,11 +214,7 @@ def _place(model: nn.Module, cfg: TrainConfig, info: distributed.DistInfo) -> tu
         model.to(memory_format=torch.channels_last)
     if info.world > 1 and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    net: nn.Module = model
-    if info.world > 1:
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[info.local_rank] if device.type == "cuda" else None
-        )
+    net = distributed.wrap(model, info)
     if cfg.run.compile:
         net = torch.compile(net)
     return model, net

@@ -136,7 +136,7 @@ class RandomCrop(v2.Transform):
         mask = next((x for x in flat_inputs if isinstance(x, tv_tensors.Mask)), None)
         if mask is None:  # no class test without a mask: a plain random crop of the image
             mask = torch.zeros(_size(flat_inputs), dtype=torch.uint8)
-        box = random_crop_box(mask, self.crop_size, self.cat_max_ratio, self.ignore_index, _draw_offsets)
+        box = random_crop_box(mask, self.crop_size, self.cat_max_ratio, self.ignore_index, draw_offsets)
         return dict(zip(("top", "left", "height", "width"), box, strict=True))
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
@@ -192,7 +192,12 @@ class PadCollate:
         return pad_batch(images, masks, self.size, self.ignore_index)  # type: ignore[arg-type]
 
 
-def _draw_offsets(max_top: int, max_left: int) -> tuple[int, int]:
+def draw_offsets(max_top: int, max_left: int) -> tuple[int, int]:
+    """RandomCrop's draw: (top, left) uniform in [0, max_top] × [0, max_left], from torch's generator.
+
+    >>> draw_offsets(0, 0)
+    (0, 0)
+    """
     top = int(torch.randint(0, max_top + 1, ()).item())
     return top, int(torch.randint(0, max_left + 1, ()).item())
 
