@@ -15,7 +15,6 @@ from rich.text import Text
 from eqsurgeon.cli._common import console
 from eqsurgeon.training import runlog
 from eqsurgeon.training.config import TrainConfig
-from eqsurgeon.training.distributed import launched_rank
 
 
 def pct(value: float) -> str:
@@ -30,7 +29,7 @@ def pct(value: float) -> str:
 def progress(cfg: TrainConfig) -> AbstractContextManager[Callable[[dict[str, Any]], None]]:
     """How a run shows progress: a live bar on a terminal, plain log lines otherwise (a file, SLURM,
     nohup), nothing on ranks other than 0. Enter it to get the trainer's ``on_log``."""
-    if launched_rank() != 0:
+    if runlog.launched_rank() != 0:
         return nullcontext(lambda record: None)
     if console.is_terminal:
         return _Bar(cfg)

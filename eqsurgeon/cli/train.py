@@ -17,7 +17,6 @@ from eqsurgeon.cli._train_progress import pct as _pct
 from eqsurgeon.cli._train_progress import progress
 from eqsurgeon.training import runlog
 from eqsurgeon.training.config import TrainConfig, load_config
-from eqsurgeon.training.distributed import launched_rank
 
 if TYPE_CHECKING:
     from eqsurgeon.training.compare import Comparison, Stat
@@ -58,10 +57,9 @@ def train(
     )
     State.on_interrupt = lambda: _interrupted(recipe, Path(cfg.run.out), compare)
     note = batch_note(cfg)
-    if note and launched_rank() == 0:
+    if note and runlog.launched_rank() == 0:
         console.print(note)
     if compare:  # --out is the comparison folder: one run folder per (mode, seed) inside
-
         run_compare(cfg, seeds, resume)
         return
     with progress(cfg) as on_log:

@@ -23,7 +23,7 @@ from typing import Any
 
 from eqsurgeon.errors import OutputExistsError
 from eqsurgeon.io import write_json
-from eqsurgeon.training import distributed
+from eqsurgeon.training import distributed, runlog
 from eqsurgeon.training.compare_grads import (
     COLOURS,
     STYLES,
@@ -131,7 +131,7 @@ def compare(
         outcomes = _run_all(cfg, out, seed_list, modes, resume, train_fn, on_run)
     rows = tuple(summarize(outcomes, modes))
     result = Comparison(out, seed_list, tuple(outcomes), rows, json_path, png_path)
-    if distributed.launched_rank() == 0:  # rank 0 alone writes the comparison
+    if runlog.launched_rank() == 0:  # rank 0 alone writes the comparison
         write_json(json_path, to_json(result, cfg))
         plot_curves(result.runs, png_path)
     return result

@@ -81,17 +81,6 @@ def process_group(device: str = "auto") -> Iterator[None]:
         dist.destroy_process_group()
 
 
-def launched_rank() -> int:
-    """This process's rank as torchrun set it (0 when not launched by torchrun), before any setup.
-
-    For code that must decide before training whether to print, e.g. the CLI's progress display.
-
-    >>> launched_rank() if "RANK" not in os.environ else 0
-    0
-    """
-    return int(os.environ.get("RANK", "0"))
-
-
 def wrap(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
     """``model`` in DistributedDataParallel when there are several processes, else ``model`` itself.
 

@@ -169,3 +169,14 @@ class RunLog:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def launched_rank() -> int:
+    """This process's rank as torchrun set it (0 when not launched by torchrun), before any setup.
+
+    For code that must decide before training whether to print, e.g. the CLI's progress display.
+
+    >>> launched_rank() if "RANK" not in os.environ else 0
+    0
+    """
+    return int(os.environ.get("RANK", "0"))
