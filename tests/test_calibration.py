@@ -171,3 +171,25 @@ def test_one_pass_batch_moments_match_float64_statistics() -> None:
     ref = far.double()
     expected = [float(ref.mean()), float(ref.var(unbiased=False))]
     assert [float(t) for t in batch_moments(far, one_pass=True)] == pytest.approx(expected, rel=1e-5)
+
+
+def test_converged_means_the_95_percent_bound_reached_the_tolerance() -> None:
+    """At the image cap σ's point standard error (0.0999) is below the tolerance 0.1, its 95% bound (0.17)
+    is not: the pass has not converged, and the record says so. Without the cap it converges at batch 30."""
+    from eqsurgeon.calibration import RecordSource, build_record
+    from eqsurgeon.records import FusionSite, Subject
+
+    gen = torch.Generator().manual_seed(0)
+    # the level varies from image to image, so the standard error falls slowly
+    levels = [torch.randn(2, 1, 1, 1, generator=gen) for _ in range(40)]
+    batches = [lv + 0.5 * torch.randn(2, 1, 8, 8, generator=gen) for lv in levels]
+    site = FusionSite("", "conv2d", 1, (Subject((0, 1), "a"),))
+    capped = calibrate(torch.nn.Conv2d(1, 1, 1), batches, CalibrationOptions(tolerance=0.1, max_images=18),
+                       sites=[site])  # fmt: skip
+    (cal,) = capped.sites
+    assert cal.images == 18 and cal.std_rel_se < 0.1 <= cal.std_rel_se_bound
+    assert capped.converged is False
+    assert build_record(capped, RecordSource("m", "f")).converged is False
+    full = calibrate(torch.nn.Conv2d(1, 1, 1), batches, CalibrationOptions(tolerance=0.1), sites=[site])
+    assert full.sites[0].images == 60 and full.converged is True
+    assert build_record(full, RecordSource("m", "f")).converged is True

@@ -135,3 +135,45 @@ def test_load_rebuilds_insert_mode(tmp_path: Path) -> None:
             nn.Sequential(nn.Conv2d(4, 3, 1)),
             save_checkpoint(tmp_path / "f.safetensors", {"x": torch.ones(1)}, _meta()),
         )
+
+
+def test_insert_mode_checkpoint_of_a_channels_last_linear_fusion_loads_back_exactly(tmp_path: Path) -> None:
+    """The rebuilt equalizers slice the last dim, as the calibrated ones did (dim 1 is the image height)."""
+    from eqsurgeon.calibration import CalibrationOptions, RecordSource, build_record, calibrate
+    from eqsurgeon.equalize import EqualizedInput
+    from fixtures.models import channels_last_linear
+
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randn(2, 3, 16, 16, generator=gen) * 2 + 1 for _ in range(4)]
+    model = channels_last_linear()
+    result = calibrate(model, batches, CalibrationOptions(mode="insert", min_batches=2))
+    record = build_record(result, RecordSource("fixtures/models.py:channels_last_linear", "f"))
+    assert [s.channel_dim for s in record.equalized_sites] == [-1]
+    path = save_checkpoint(tmp_path / "i.safetensors", model.state_dict(), record)
+    fresh = load(channels_last_linear(), path)
+    assert isinstance(fresh.fuse, EqualizedInput) and fresh.fuse.channel_dim == -1
+    x = torch.randn(2, 3, 16, 16, generator=gen)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)
+
+
+class _MakesAFolder:
+    """A pickled object whose unpickling has a visible side effect: it creates a folder."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple:
+        return (os.mkdir, (str(self.path),))
+
+
+@pytest.mark.parametrize("wrapper", ["state_dict", "plain"])
+def test_a_pickled_payload_is_refused_before_it_runs(tmp_path: Path, wrapper: str) -> None:
+    marker = tmp_path / "payload-ran"
+    payload = {"weight": torch.ones(2), "evil": _MakesAFolder(marker)}
+    torch.save({"state_dict": payload} if wrapper == "state_dict" else payload, tmp_path / "evil.pth")
+    with pytest.raises(CheckpointError, match=r"weights_only=True.*\.safetensors"):
+        ckpt.read_state_dict(tmp_path / "evil.pth")
+    assert not marker.exists()  # the payload was never unpickled
+    torch.load(tmp_path / "evil.pth", weights_only=False)  # what an unsafe load does
+    assert marker.is_dir()

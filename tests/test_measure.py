@@ -7,14 +7,20 @@ import torch
 from torch import nn
 
 from eqsurgeon.measure import (
+    MeasureState,
     MomentHooks,
+    PassOptions,
+    StopRule,
     batch_moments,
+    ddp_reduce,
     measure,
+    measure_until,
     measuring_mode,
+    merge_moments,
     resolve_bn_mode,
 )
 from eqsurgeon.measure.hooks import _low_precision_moments
-from eqsurgeon.records import FusionSite, Subject
+from eqsurgeon.records import FusionSite, Moments, Subject
 from eqsurgeon.sites import find_sites
 from fixtures.models import iid_pyramid
 
@@ -171,3 +177,118 @@ def test_statistics_match_theory_for_iid_upsampled_maps():
     for m, r in zip(moments[1:], (2, 4, 8)):
         expected = RELU_VAR * ((4 * r * r - 1) / (6 * r * r)) ** 2
         assert m.var == pytest.approx(expected, rel=0.05), (r, m.var, expected)
+
+
+def _image_level_batches(count: int = 40, seed: int = 0) -> list[torch.Tensor]:
+    """Batches of two 8×8 one-channel images whose level varies from image to image (σ's standard error
+    falls slowly, as for a pyramid-pooling branch)."""
+    gen = torch.Generator().manual_seed(seed)
+    return [
+        torch.randn(2, 1, 1, 1, generator=gen) + 0.5 * torch.randn(2, 1, 8, 8, generator=gen)
+        for _ in range(count)
+    ]
+
+
+def test_stop_rule_stops_on_the_95_percent_bound_not_on_the_point_estimate():
+    conv = nn.Conv2d(1, 1, 1)
+    batches = _image_level_batches()
+    bounds: list[float] = []
+    options = PassOptions(progress=lambda images, bound: bounds.append(bound))
+    (m,), images, mode = measure_until(conv, _site(1), batches, StopRule(0.1, min_batches=8), options)
+    used = images // 2
+    assert mode == "eval" and images == 2 * len(bounds) == 2 * m.batches
+    assert m.std_rel_se_bound < 0.1 and bounds[-1] == m.std_rel_se_bound
+    assert all(b >= 0.1 for b in bounds[:-1])  # it stopped at the first batch whose bound is below
+    assert m == measure(conv, [_site(1)], batches[:used]).moments[""][0]
+    # The point estimate was below the tolerance from the 8th batch on: a rule on it stops 20 batches early.
+    early = measure(conv, [_site(1)], batches[:8]).moments[""][0]
+    assert early.std_rel_se < 0.1 <= early.std_rel_se_bound and used > 20
+
+
+def test_stop_rule_counts_min_batches_and_max_images_inclusively():
+    sure = Moments(100, 0.0, 1.0, 8, 1e-6)  # bound far below any tolerance
+    rule = StopRule(0.01, min_batches=8, max_images=40)
+    assert rule.done((sure,), 16)
+    assert not rule.done((sure, Moments(100, 0.0, 1.0, 7, 1e-6)), 16)  # one input has too few batches
+    assert not rule.done((Moments(100, 0.0, 1.0, 8, 0.008),), 16)  # 0.008 < 0.01, but its bound is 0.0144
+    assert rule.done((Moments(100, 0.0, 1.0, 8, 0.008),), 40)  # the image cap stops it anyway
+    assert not rule.done((Moments(100, 0.0, 1.0, 8, 0.008),), 39)
+    assert not StopRule(0.01, min_batches=8).done((), 10**9)  # no moments yet: nothing has converged
+
+
+class _PooledBranch(nn.Module):
+    """A pyramid-pooling branch (pool to 1×1 → conv → BN) upsampled and fused: BN on batch statistics
+    cannot normalize one image."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 1)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.ReLU())
+        self.fuse = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = nn.functional.interpolate(self.pool(x), size=x.shape[-2:], mode="bilinear")
+        return self.fuse(torch.cat([self.a(x), p], 1))
+
+
+@pytest.mark.parametrize(("bn_mode", "images", "measured"), [("batch", 8, 4), ("eval", 9, 5)])
+def test_a_one_image_last_batch_is_skipped_under_batch_statistics(bn_mode, images, measured):
+    torch.manual_seed(0)
+    model = _PooledBranch()
+    gen = torch.Generator().manual_seed(1)
+    batches = [torch.randn(n, 3, 8, 8, generator=gen) for n in (2, 2, 2, 2, 1)]
+    site = FusionSite("fuse", "conv2d", 1, (Subject((0, 4), "a"), Subject((4, 8), "pool")))
+    moments, seen, mode = measure_until(model, site, batches, StopRule(1e-9), PassOptions(bn_mode=bn_mode))
+    assert (mode, seen) == (bn_mode, images)
+    assert [m.batches for m in moments] == [measured] * 2
+    with pytest.raises(ValueError, match="more than 1 value per channel"), measuring_mode(model, "batch"):
+        model(batches[-1])  # what the skipped batch would have done
+
+
+def test_pooled_standard_error_weights_ranks_by_batches():
+    a, b = Moments(40, 1.0, 2.0, 2, 0.2), Moments(60, 1.0, 2.0, 6, 0.1)  # counts not in proportion
+    # sqrt((2·0.2)² + (6·0.1)²) / 8: each rank's relative error, weighted by its share of the batches
+    assert merge_moments([a, b]).std_rel_se == pytest.approx(math.sqrt(0.4**2 + 0.6**2) / 8, rel=1e-12)
+    assert merge_moments([a, a]).std_rel_se == pytest.approx(0.2 / math.sqrt(2), rel=1e-12)
+    assert merge_moments([a]).std_rel_se == pytest.approx(0.2, rel=1e-12)
+    assert merge_moments([a, Moments(40, 1.0, 2.0, 1)]).std_rel_se == math.inf  # one rank has no estimate
+    assert merge_moments([Moments(0, math.nan, math.nan, 0), a]) == merge_moments([a])  # an idle rank
+
+
+def test_pooled_standard_error_matches_one_process_measuring_everything():
+    """Two ranks measure alternate batches; their pooled σ standard error is close to the one a single
+    process gets from all batches (what the stopping rule compares with the tolerance)."""
+    conv = nn.Conv2d(1, 1, 1)
+    batches = _image_level_batches(80, seed=5)
+    whole = measure(conv, [_site(1)], batches).moments[""][0]
+    ranks = [measure(conv, [_site(1)], batches[r::2]).moments[""][0] for r in (0, 1)]
+    pooled = merge_moments(ranks)
+    assert (pooled.count, pooled.batches) == (whole.count, whole.batches)
+    assert pooled.var == pytest.approx(whole.var, rel=1e-12)
+    assert pooled.std_rel_se == pytest.approx(whole.std_rel_se, rel=0.15)
+    assert pooled.std_rel_se < min(r.std_rel_se for r in ranks)  # pooling two ranks narrows it
+
+
+def test_ddp_reduce_pools_every_ranks_state(monkeypatch):
+    import torch.distributed as dist
+
+    mine = MeasureState(4, {"fuse": (Moments(10, 0.0, 1.0, 2, 0.1), Moments(10, 1.0, 4.0, 2, 0.2))})
+    other = MeasureState(6, {"fuse": (Moments(30, 2.0, 1.0, 3, 0.3), Moments(30, 1.0, 1.0, 3, 0.1))})
+
+    def all_gather_object(out: list, obj: object) -> None:
+        assert obj is mine
+        out[:] = [mine, other]
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "all_gather_object", all_gather_object)
+    pooled = ddp_reduce(mine)
+    assert pooled.images == 10
+    for i, m in enumerate(pooled.moments["fuse"]):
+        assert m == merge_moments([mine.moments["fuse"][i], other.moments["fuse"][i]])
+    assert pooled.moments["fuse"][0].mean == pytest.approx(1.5)
+
+
+def test_ddp_reduce_is_the_identity_without_a_process_group():
+    state = MeasureState(4, {"fuse": (Moments(10, 0.0, 1.0, 2, 0.1),)})
+    assert ddp_reduce(state) is state

@@ -42,6 +42,13 @@ def test_nested_concats_flatten(frontend):
 
 
 @pytest.mark.parametrize("frontend", FRONTENDS)
+def test_an_upsample_on_an_inner_concat_reaches_each_of_its_inputs(frontend):
+    (site,) = sites(fx_models.upsampled_inner_concat(), frontend)
+    assert layout(site) == [((0, 4), None), ((4, 8), BI2), ((8, 10), BI2)]
+    assert [s.source for s in site.subjects] == ["a.2", "b.2", "c.2"]
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
 def test_channels_last_concat_into_linear(frontend):
     (site,) = sites(fx_models.channels_last_linear(), frontend)
     assert (site.layer, site.op, site.channel_dim) == ("fuse", "linear", -1)

@@ -1,0 +1,83 @@
+"""The verdict behind ``eqsurgeon check``, on hand-made analyses: the bound, folded scales, skipped sites."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from eqsurgeon.checking import DEFAULT_MAX_RATIO, check, folded_scales
+from eqsurgeon.records import (
+    Analysis,
+    CalibrationRecord,
+    FusionSite,
+    InputInfo,
+    InputRecord,
+    Moments,
+    SiteRecord,
+    Subject,
+    UnsearchedLeaf,
+)
+
+SITE = FusionSite("fuse", "conv2d", 1, (Subject((0, 2), "a"), Subject((2, 4), "b")))
+
+
+def _analysis(*variances: float, site: FusionSite = SITE, unsearched: tuple = ()) -> Analysis:
+    moments = {site.layer: tuple(Moments(100, 0.0, v, 4) for v in variances)} if variances else {}
+    info = InputInfo("synthetic", 4, (32, 32))
+    return Analysis("m", "fx", None, "batch", info, (site,), (), moments, unsearched)
+
+
+def _record(mode: str, scales: tuple[float, ...], layer: str = "fuse") -> CalibrationRecord:
+    inputs = tuple(InputRecord((2 * i, 2 * i + 2), 0.0, 1.0, s) for i, s in enumerate(scales))
+    site = SiteRecord(layer, "conv2d", 1, 1, "ok", inputs=inputs)
+    return CalibrationRecord("m", mode, "batch", 8, "f", sites=(site,))
+
+
+@pytest.mark.parametrize("max_ratio", [DEFAULT_MAX_RATIO, 2.0, 4.0])
+def test_a_ratio_exactly_at_the_bound_passes_and_just_above_fails(max_ratio: float) -> None:
+    (at,) = check(_analysis(max_ratio, 1.0), max_ratio).verdicts
+    assert (at.ratio, at.passed, at.note) == (max_ratio, True, "equilibrium")
+    (above,) = check(_analysis(max_ratio * (1 + 1e-9), 1.0), max_ratio).verdicts
+    assert not above.passed and f"above {max_ratio:g}" in above.note
+    assert check(_analysis(max_ratio, 1.0), max_ratio).passed
+    assert not check(_analysis(max_ratio * (1 + 1e-9), 1.0), max_ratio).passed
+
+
+def test_default_bound_is_one_and_a_half() -> None:
+    assert check(_analysis(1.5, 1.0)).passed and not check(_analysis(1.51, 1.0)).passed
+    assert check(_analysis(1.5, 1.0)).max_ratio == DEFAULT_MAX_RATIO == 1.5
+
+
+def test_folded_scales_count_squared_and_only_in_fold_mode() -> None:
+    analysis = _analysis(4.0, 1.0)  # raw ratio 4: fails
+    (v,) = check(analysis, record=_record("fold", (0.5, 1.0))).verdicts  # 4 × 0.25 = 1
+    assert (v.ratio, v.passed, v.equalized) == (1.0, True, True)
+    (v,) = check(analysis, record=_record("insert", (0.5, 1.0))).verdicts  # equalizers are in the model
+    assert (v.ratio, v.passed, v.equalized) == (4.0, False, False)
+    (v,) = check(analysis, record=_record("fold", (0.5, 1.0, 1.0))).verdicts  # another model version
+    assert (v.ratio, v.equalized) == (4.0, False)
+    (v,) = check(analysis, record=_record("fold", (0.5, 1.0), layer="other")).verdicts
+    assert (v.ratio, v.equalized) == (4.0, False)
+    assert folded_scales(None) == {} == folded_scales(_record("insert", (2.0,)))
+    assert folded_scales(_record("fold", (2.0, 3.0))) == {"fuse": (2.0, 3.0)}
+
+
+def test_unmeasurable_sites_fail_and_skipped_sites_pass() -> None:
+    (v,) = check(_analysis(0.0, 1.0)).verdicts  # a zero variance: the ratio is infinite
+    assert v.ratio == math.inf and not v.passed
+    (v,) = check(_analysis()).verdicts  # never measured (the layer did not run)
+    assert v.ratio is None and not v.passed and "calibrate" in v.note
+    skipped = FusionSite("fuse", "conv2d", 1, SITE.subjects, status="skipped", reason="runs twice")
+    (v,) = check(_analysis(9.0, 1.0, site=skipped)).verdicts
+    assert (v.ratio, v.passed, v.equalized, v.note) == (None, True, False, "skipped: runs twice")
+
+
+def test_an_unsearched_leaf_fails_unless_allowed() -> None:
+    leaf = UnsearchedLeaf("backbone.block", "fx and export both failed")
+    analysis = _analysis(1.0, 1.0, unsearched=(leaf,))
+    result = check(analysis)
+    assert [v.layer for v in result.verdicts] == ["fuse", "backbone.block"] and not result.passed
+    note = result.verdicts[1].note
+    assert "not searched" in note and "fx and export both failed" in note
+    assert check(analysis, allow_unsearched=True).passed
