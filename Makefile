@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO := demo-out
 
-.PHONY: demo test test-fast test-parity lint bench clean
+.PHONY: demo test test-fast test-parity lint bench mutate clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,7 +38,7 @@ test-parity: $(PARITY_STAMP)
 	$(PARITY_PY) -m pytest -m parity tests/test_parity_*.py tests/test_mmseg_convert.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check eqsurgeon tests fixtures benchmarks
+	$(VENV)/bin/ruff check eqsurgeon tests fixtures benchmarks tools
 
 # The main job on a bundled default: synthetic data → analyze → calibrate → check → train → eval (CPU, minutes).
 EQ := $(VENV)/bin/eqsurgeon
@@ -57,5 +57,11 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_calibrate.py
 	$(PY) benchmarks/bench_train.py
 
+# Mutation testing of the surgery core (mutmut, in .mutate/): the score per module and the survivors.
+# Not part of `make test` or CI; about an hour on 2 cores. Some groups only: make mutate GROUPS="io checking"
+mutate: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,mutate]'
+	$(PY) tools/mutate.py $(GROUPS)
+
 clean:
-	rm -rf $(DEMO) .pytest_cache
+	rm -rf $(DEMO) .pytest_cache .mutate

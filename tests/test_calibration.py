@@ -193,3 +193,68 @@ def test_converged_means_the_95_percent_bound_reached_the_tolerance() -> None:
     full = calibrate(torch.nn.Conv2d(1, 1, 1), batches, CalibrationOptions(tolerance=0.1), sites=[site])
     assert full.sites[0].images == 60 and full.converged is True
     assert build_record(full, RecordSource("m", "f")).converged is True
+
+
+def test_build_record_writes_every_field_of_the_result_and_its_source() -> None:
+    from eqsurgeon import __version__
+    from eqsurgeon.calibration import RecordSource, build_record
+    from eqsurgeon.records import (
+        CalibrationRecord,
+        CalibrationResult,
+        FusionSite,
+        InputRecord,
+        SiteCalibration,
+        SiteRecord,
+        Subject,
+        Upsample,
+    )
+
+    up = Subject((2, 5), "b.conv", Upsample("bilinear", (2.0, 4.0), False))
+    site = FusionSite("head.fuse", "conv2d", 1, (Subject((0, 2), "a.conv"), up))
+    moments = (Moments(80, 0.5, 4.0, 5, 0.01), Moments(120, -1.0, 0.25, 5, 0.02))
+    ok = SiteCalibration(site, moments, (0.5, 2.0), "ok", None, 20, True, "a note")
+    linear = FusionSite("head.mlp", "linear", 1, (Subject((0, 3), "c"), Subject((3, 4), "d")), channel_dim=-1)
+    skipped = SiteCalibration(linear, (Moments(9, 1.0, 0.0, 1), Moments(9, 1.0, 1.0, 1)), None, "skipped",
+                              "zero variance", 0)  # fmt: skip
+    result = CalibrationResult((ok, skipped), "fold", "batch", "auto", 0.005, False)
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.2, 0.3)
+    source = RecordSource("zoo:m", "abc", {"num_classes": 5}, 7, (64, 48), mean, std, 3)
+    assert build_record(result, source) == CalibrationRecord(
+        model="zoo:m", mode="fold", bn_mode="batch", images=20, data_fingerprint="abc",
+        model_kwargs={"num_classes": 5}, bias_correction="auto", tolerance=0.005, converged=False, seed=7,
+        input_size=(64, 48), image_mean=mean, image_std=std, skipped_files=3,
+        tool_version=__version__,
+        sites=(
+            SiteRecord(
+                layer="head.fuse", op="conv2d", groups=1, channel_dim=1, status="ok", reason=None,
+                bias_corrected=True, note="a note", std_rel_se=0.02, images=20, var_ratio_before=16.0,
+                var_ratio_after=1.0,
+                inputs=(
+                    InputRecord((0, 2), 0.5, 2.0, 0.5, "a.conv", None),
+                    InputRecord((2, 5), -1.0, 0.5, 2.0, "b.conv", "bilinear ×2×4"),
+                ),
+            ),
+            SiteRecord(
+                layer="head.mlp", op="linear", groups=1, channel_dim=-1, status="skipped",
+                reason="zero variance", bias_corrected=False, note=None, std_rel_se=None, images=None,
+                var_ratio_before=None, var_ratio_after=None,
+                inputs=(InputRecord((0, 3), 1.0, 0.0, 1.0, "c"), InputRecord((3, 4), 1.0, 1.0, 1.0, "d")),
+            ),
+        ),
+    )  # fmt: skip
+    assert build_record(result, source).model_kwargs is not source.model_kwargs  # a copy
+
+
+def test_progress_reports_every_batch_of_every_site_and_device_moves_batches() -> None:
+    from eqsurgeon.records import Progress
+
+    seen: list[Progress] = []
+    options = CalibrationOptions(tolerance=1e-9, max_images=8)
+    result = calibrate(fuse_two(), _batches(3), options, progress=seen.append, device="cpu")
+    assert [(p.site, p.sites, p.layer, p.images, p.max_images) for p in seen] == [
+        (0, 2, "fuse", 4, 8), (0, 2, "fuse", 8, 8), (1, 2, "fuse2", 4, 8), (1, 2, "fuse2", 8, 8),
+    ]  # fmt: skip
+    assert seen[0].std_rel_se_bound == math.inf  # one batch: no estimate yet
+    assert [seen[1].std_rel_se_bound, seen[3].std_rel_se_bound] == [s.std_rel_se_bound for s in result.sites]
+    plain = calibrate(fuse_two(), _batches(3), options)
+    assert [s.scales for s in plain.sites] == [s.scales for s in result.sites]

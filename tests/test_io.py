@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -177,3 +178,156 @@ def test_a_pickled_payload_is_refused_before_it_runs(tmp_path: Path, wrapper: st
     assert not marker.exists()  # the payload was never unpickled
     torch.load(tmp_path / "evil.pth", weights_only=False)  # what an unsafe load does
     assert marker.is_dir()
+
+
+@pytest.mark.parametrize(
+    ("state", "label"),
+    [
+        ({"0.weight": torch.zeros(2, 3)}, "1 missing (e.g. 0.bias)"),
+        (
+            {"0.weight": torch.zeros(2, 3), "0.bias": torch.zeros(2), "extra": torch.zeros(1)},
+            "1 unexpected (e.g. extra)",
+        ),
+        ({"0.weight": torch.zeros(2, 4), "0.bias": torch.zeros(2)}, "1 wrong shape (e.g. 0.weight)"),
+    ],
+)
+def test_a_state_dict_that_does_not_fit_names_its_keys_and_the_file(
+    tmp_path: Path, state, label: str
+) -> None:
+    path = save_checkpoint(tmp_path / "w.safetensors", state)
+    net = nn.Sequential(nn.Linear(3, 2))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(
+        CheckpointError, match=rf"checkpoint {path} does not fit the model: {re.escape(label)};"
+    ):
+        load(net, path)
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())  # nothing was loaded
+
+
+def test_the_key_list_of_a_misfit_is_cut_at_three(tmp_path: Path) -> None:
+    net = nn.Sequential(*[nn.Linear(2, 2) for _ in range(3)])
+    with pytest.raises(CheckpointError, match=r"6 missing \(e\.g\. 0\.weight, 0\.bias, 1\.weight\);") as err:
+        ckpt.fit_state_dict(net, {"x": torch.ones(1)}, "f.pt")
+    assert "1 unexpected (e.g. x)" in str(err.value) and "wrong shape" not in str(err.value)
+
+
+def test_atomic_write_flushes_before_fsync_and_leaves_only_the_file(tmp_path: Path, monkeypatch) -> None:
+    sizes: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(ckpt.os, "fsync", lambda fd: (sizes.append(os.fstat(fd).st_size), real(fd)))
+    path = ckpt.atomic_write(tmp_path / "a.bin", lambda f: f.write(b"x" * 10))
+    assert sizes == [10] and path == tmp_path / "a.bin" and path.read_bytes() == b"x" * 10
+    assert list(tmp_path.iterdir()) == [path]
+    with pytest.raises(ValueError, match="boom"):
+        ckpt.atomic_write(
+            tmp_path / "b.bin", lambda f: (f.write(b"y"), (_ for _ in ()).throw(ValueError("boom")))
+        )
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_write_json_writes_null_for_nan_and_ends_with_a_newline(tmp_path: Path) -> None:
+    import json
+
+    path = ckpt.write_json(tmp_path / "r.json", {"a": [1.5, float("nan")], "b": float("inf")})
+    text = path.read_text()
+    assert text == json.dumps({"a": [1.5, None], "b": None}, indent=2) + "\n"
+
+
+def test_check_output_names_each_problem(tmp_path: Path) -> None:
+    with pytest.raises(OutputExistsError, match=f"output folder {tmp_path / 'no'} does not exist; create it"):
+        ckpt.check_output(tmp_path / "no" / "x.safetensors", False)
+    with pytest.raises(OutputExistsError, match=f"{tmp_path} is a folder; name a file inside it"):
+        ckpt.check_output(tmp_path, True)
+    (tmp_path / "x.json").write_text("{}")
+    assert ckpt.check_output(tmp_path / "x.json", True) == tmp_path / "x.json"
+    assert ckpt.check_output(tmp_path / "y.json", False, (".json",)) == tmp_path / "y.json"
+    with pytest.raises(OutputExistsError, match=r"y\.pt must end in \.safetensors or \.json"):
+        ckpt.check_output(tmp_path / "y.pt", False, (".safetensors", ".json"))
+
+
+def test_save_checkpoint_copies_any_layout_and_stores_extra_metadata(tmp_path: Path) -> None:
+    view = torch.arange(6.0).view(2, 3).t()  # not contiguous
+    path = save_checkpoint(tmp_path / "a.safetensors", {"w": view}, None, extra={"iteration": "3"})
+    tensors, header = ckpt.read_state_dict(path)
+    assert torch.equal(tensors["w"], view) and header == {"iteration": "3"}
+    assert read_checkpoint(path)[1] is None
+    plain = save_checkpoint(tmp_path / "b.safetensors", {"w": view})
+    assert ckpt.read_state_dict(plain)[1] == {}
+
+
+@pytest.mark.parametrize("key", ["state_dict", "model"])
+def test_reads_wrapped_pickled_state_dicts(tmp_path: Path, key: str) -> None:
+    torch.save({key: {"w": torch.ones(2)}, "meta": {"epoch": 1}}, tmp_path / "a.pth")
+    tensors, header = ckpt.read_state_dict(tmp_path / "a.pth")
+    assert set(tensors) == {"w"} and header == {}
+
+
+def test_unreadable_checkpoints_are_one_line_errors(tmp_path: Path) -> None:
+    torch.save({"w": torch.ones(2), "epoch": 3}, tmp_path / "mixed.pt")
+    with pytest.raises(CheckpointError, match=r"mixed\.pt does not hold a state dict of tensors"):
+        ckpt.read_state_dict(tmp_path / "mixed.pt")
+    with pytest.raises(CheckpointError, match=r"is a folder; pass a weights file inside it"):
+        ckpt.read_state_dict(tmp_path)
+    (tmp_path / "bad.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
+    with pytest.raises(CheckpointError, match=r"bad\.safetensors is not a readable safetensors file \("):
+        ckpt.read_state_dict(tmp_path / "bad.safetensors")
+
+
+def test_a_malformed_record_names_the_file(tmp_path: Path) -> None:
+    assert ckpt.record_from_header({}) is None and ckpt.record_from_header({"eqsurgeon": ""}) is None
+    with pytest.raises(
+        CheckpointError, match=r"x\.safetensors has a malformed eqsurgeon record \(.*\); recal"
+    ):
+        ckpt.record_from_header({"eqsurgeon": '{"model": "m"}'}, "x.safetensors")
+    with pytest.raises(CheckpointError, match=r"the checkpoint has a malformed eqsurgeon record"):
+        ckpt.record_from_header({"eqsurgeon": "[1, 2]"})
+
+
+def test_records_read_newer_keys_and_old_0_255_normalization() -> None:
+    text = record_to_json(_meta()).replace('"bn_mode"', '"future": 1, "bn_mode"')
+    text = text.replace('"bias_corrected"', '"future_site": 2, "bias_corrected"')
+    text = text.replace('"channels"', '"future_input": 3, "channels"')
+    assert record_from_json(text) == record_from_json(record_to_json(_meta()))
+    old = record_from_json(
+        '{"model": "m", "mode": "fold", "bn_mode": "eval", "images": 1, "data_fingerprint": "", '
+        '"image_mean": [127.5, 127.5, 127.5], "image_std": [51.0, 51.0, 51.0], "input_size": [32, 48]}'
+    )
+    assert old.image_mean == pytest.approx((0.5, 0.5, 0.5)) and old.image_std == pytest.approx(
+        (0.2, 0.2, 0.2)
+    )
+    assert old.input_size == (32, 48) and old.sites == () and old.model_kwargs == {}
+    kept = record_from_json(record_to_json(CalibrationRecord("m", "fold", "eval", 1, "", image_mean=(1.2,))))
+    assert kept.image_mean == (1.2,) and kept.image_std is None  # below 1.5: already on the 0–1 scale
+
+
+def test_record_json_fills_in_the_tool_version_only_when_missing() -> None:
+    from eqsurgeon import __version__
+
+    assert ckpt.record_to_dict(_meta())["tool_version"] == __version__
+    stamped = CalibrationRecord("m", "fold", "eval", 1, "", tool_version="0.0.1")
+    assert ckpt.record_to_dict(stamped)["tool_version"] == "0.0.1"
+
+
+def test_rebuild_equalizers_only_for_insert_records_and_only_once(tmp_path: Path) -> None:
+    from eqsurgeon.equalize import EqualizedInput
+
+    net = nn.Sequential(nn.Conv2d(4, 2, 1))
+    ckpt.rebuild_equalizers(net, _meta("fold"))
+    assert isinstance(net[0], nn.Conv2d)
+    ckpt.rebuild_equalizers(net, _meta("insert"))
+    first = net[0]
+    assert isinstance(first, EqualizedInput) and first.channels == ((0, 2), (2, 4)) and first.channel_dim == 1
+    ckpt.rebuild_equalizers(net, _meta("insert"))  # applied again: left as it is
+    assert net[0] is first
+    with pytest.raises(CheckpointError, match="the record equalized 0, which this model lacks"):
+        ckpt.rebuild_equalizers(nn.Module(), _meta("insert"))
+
+
+def test_only_a_record_with_equalized_sites_is_refused() -> None:
+    skipped = SiteRecord(layer="0", op="conv2d", groups=1, channel_dim=1, status="skipped")
+    nothing = CalibrationRecord("m", "fold", "batch", 8, "f", sites=(skipped,))
+    refuse_double_equalization(nothing, "x.safetensors", allow=False)
+    with pytest.raises(
+        CheckpointError, match=r"x\.safetensors is already scale-equalized \(insert mode, 1 site"
+    ):
+        refuse_double_equalization(_meta("insert"), "x.safetensors", allow=False)

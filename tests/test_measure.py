@@ -292,3 +292,23 @@ def test_ddp_reduce_pools_every_ranks_state(monkeypatch):
 def test_ddp_reduce_is_the_identity_without_a_process_group():
     state = MeasureState(4, {"fuse": (Moments(10, 0.0, 1.0, 2, 0.1),)})
     assert ddp_reduce(state) is state
+
+
+@pytest.mark.parametrize("bn_mode", ["batch", "eval"])
+def test_measure_counts_images_and_reports_the_bn_mode(bn_mode):
+    model = nn.Sequential(nn.BatchNorm2d(2), nn.Conv2d(2, 1, 1))
+    batches = [torch.randn(n, 2, 4, 4) for n in (3, 2, 4)]
+    result = measure(model, [FusionSite("1", "conv2d", 1, (Subject((0, 2), "a"),))], batches, bn_mode)
+    assert (result.images, result.bn_mode) == (9, bn_mode)
+    assert result.moments["1"][0].batches == 3 and result.moments["1"][0].count == 9 * 2 * 16
+    assert measure(model, [], []).images == 0 and measure(nn.Conv2d(2, 1, 1), [], []).bn_mode == "eval"
+
+
+def test_merging_keeps_single_element_parts_and_drops_empty_ones():
+    one, many = Moments(1, 5.0, 0.0, 1), Moments(3, 1.0, 2.0, 1)
+    pooled = merge_moments([one, many, Moments(0, math.nan, math.nan, 0)])
+    assert (pooled.count, pooled.batches, pooled.mean) == (4, 2, 2.0)
+    assert pooled.var == pytest.approx((0.0 + 3 * 2.0 + 1 * 9.0 + 3 * 1.0) / 4)
+    empty = merge_moments([Moments(0, math.nan, math.nan, 0)])
+    assert (empty.count, empty.batches, empty.std_rel_se) == (0, 0, math.inf)
+    assert math.isnan(empty.mean) and math.isnan(empty.var)

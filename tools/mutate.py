@@ -1,0 +1,217 @@
+"""Mutation testing of the surgery core with mutmut: ``make mutate``. Not part of ``make test`` or CI.
+
+mutmut changes one thing at a time in a module (``<`` to ``<=``, a constant, a dropped argument...) and runs
+the tests; a mutant the tests do not notice *survived*. Each group below is mutated in its own work folder,
+``.mutate/<group>/``, with its own selection of fast tests: mutmut first records which selected test calls
+which function, then runs for each mutant only the tests that call the mutated function, fastest first,
+stopping at the first failure. Results are cached there per function, so a second run only re-tests the
+functions that changed (delete ``.mutate/`` to start afresh).
+
+Usage::
+
+    python tools/mutate.py                     # every group, then the report
+    python tools/mutate.py io checking         # some groups
+    python tools/mutate.py --report            # the report of what has run, running nothing
+
+The report gives the score per module, killed / (all mutants), where a mutant no selected test reaches
+counts as surviving, and lists the survivors with their one-line change. Survivors that ``docs/mutation.md``
+names are marked ``justified`` (an equivalent or harmless mutant, with the reason there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / ".mutate"
+JUSTIFIED = ROOT / "docs" / "mutation.md"
+
+KILLED = {1, 3, 24, -24, 36, 152, 255}  # test failure, pytest internal error, timeouts (mutmut's codes)
+SURVIVED, NO_TESTS = 0, {5, 33}
+
+
+@dataclass(frozen=True)
+class Group:
+    """Modules mutated together, and the tests whose failures may kill their mutants."""
+
+    modules: tuple[str, ...]  # paths under eqsurgeon/
+    tests: tuple[str, ...]  # pytest arguments: files, node ids
+    deselect: str = ""  # a -k expression for slow tests that add nothing here
+
+
+SITE_TESTS = (
+    "tests/test_sites.py",
+    "tests/test_sites_channels.py",
+    "tests/test_sites_leaves.py",
+    "tests/test_sites_corpus.py",
+    "tests/test_checking.py",
+    "tests/test_equivalence.py::test_graph_matches_eager",
+)
+
+GROUPS = {
+    "find": Group(("capture.py", "sites.py", "graph_ops.py", "channels.py"), SITE_TESTS),
+    "leaves": Group(  # searching inside opaque leaf modules
+        ("leaves.py", "inline.py", "shape_tracer.py"),
+        ("tests/test_sites_leaves.py", "tests/test_sites_corpus.py", "tests/test_sites_channels.py"),
+    ),
+    "measure": Group(
+        ("measure/__init__.py", "measure/hooks.py", "measure/pool.py", "calibration.py", "equalize.py"),
+        (
+            "tests/test_measure.py",
+            "tests/test_calibration.py",
+            "tests/test_equalize.py",
+            "tests/test_equivalence.py::test_fold_equals_insert_on_fixture_outputs",
+            "tests/test_equivalence.py::test_fold_equals_insert_at_every_zoo_fusing_layer",
+        ),
+    ),
+    "io": Group(
+        ("io.py",),
+        (
+            "tests/test_io.py",
+            "tests/test_cli_calibrate_verify.py",
+            "tests/test_equivalence.py::test_save_load_round_trip_is_exact",
+        ),
+        # 16 s of subprocesses, and the round trips of zoo models (2-5 s each): fixtures cover the same code
+        deselect="not across_processes and not zoo",
+    ),
+    "checking": Group(
+        ("checking.py",),
+        ("tests/test_checking.py", "tests/test_cli_analyze_check.py", "tests/test_sites_leaves.py"),
+    ),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("groups", nargs="*", help=f"groups to run, of {', '.join(GROUPS)} (default: all)")
+    parser.add_argument("--report", action="store_true", help="only print the report of earlier runs")
+    parser.add_argument("--max-children", type=int, default=os.cpu_count() or 2, help="parallel mutants")
+    args = parser.parse_args(argv)
+    names = args.groups or list(GROUPS)
+    unknown = [n for n in names if n not in GROUPS]
+    if unknown:
+        parser.error(f"unknown group {', '.join(unknown)}; use {', '.join(GROUPS)}")
+    if not args.report:
+        for name in names:
+            run_group(name, GROUPS[name], args.max_children)
+    return report(names)
+
+
+def run_group(name: str, group: Group, max_children: int) -> None:
+    """Prepare ``.mutate/<name>/`` and run mutmut there; its output goes to ``mutmut.log`` there."""
+    work = WORK / name
+    work.mkdir(parents=True, exist_ok=True)
+    for folder in ("eqsurgeon", "tests", "fixtures"):
+        _sync(ROOT / folder, work / folder)
+    (work / "pyproject.toml").write_text(_config(group))
+    _retest_survivors(work)
+    log = work / "mutmut.log"
+    print(f"[{name}] mutating {', '.join(group.modules)} (log: {log.relative_to(ROOT)})", flush=True)
+    start = time.monotonic()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
+    with open(log, "w") as out:
+        cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)]
+        code = subprocess.run(cmd, cwd=work, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+    print(f"[{name}] mutmut exited {code} after {time.monotonic() - start:.0f} s", flush=True)
+
+
+def report(names: list[str]) -> int:
+    """Print the score per module and the survivors; exit status 0 when every module was run."""
+    justified = JUSTIFIED.read_text() if JUSTIFIED.exists() else ""
+    rows, survivors, missing = [], [], []
+    for name in names:
+        for module in GROUPS[name].modules:
+            meta = WORK / name / "mutants" / "eqsurgeon" / f"{module}.meta"
+            if not meta.exists():
+                missing.append(module)
+                continue
+            codes = json.loads(meta.read_text())["exit_code_by_key"]
+            killed = sum(c in KILLED for c in codes.values())
+            alive = sorted(k for k, c in codes.items() if c == SURVIVED or c in NO_TESTS)
+            pending = sum(c is None for c in codes.values())
+            rows.append((module, len(codes) - pending, killed, pending))
+            survivors += [(name, k, codes[k] in NO_TESTS, k in justified) for k in alive]
+    print(f"\n{'module':<22} {'mutants':>8} {'killed':>7} {'score':>7}")
+    for module, total, killed, pending in rows:
+        note = f"  ({pending} not run)" if pending else ""
+        print(f"{module:<22} {total:>8} {killed:>7} {_pct(killed, total):>7}{note}")
+    total, killed = sum(r[1] for r in rows), sum(r[2] for r in rows)
+    print(f"{'core':<22} {total:>8} {killed:>7} {_pct(killed, total):>7}")
+    if missing:
+        print(f"not run yet: {', '.join(missing)}")
+    print(f"\nsurvivors ({len(survivors)}; justified in docs/mutation.md: {sum(s[3] for s in survivors)})")
+    for group, key, untested, ok in survivors:
+        tag = "justified" if ok else ("no test reaches it" if untested else "survived")
+        print(f"  {key}  [{tag}]\n      {_change(WORK / group, key)}")
+    return 1 if missing else 0
+
+
+def _retest_survivors(work: Path) -> None:
+    """Mark earlier survivors untested: mutmut keeps a verdict until the function changes, and a survivor
+    may have been killed by a test added since."""
+    for meta in (work / "mutants").rglob("*.py.meta"):
+        data = json.loads(meta.read_text())
+        codes = data["exit_code_by_key"]
+        for key, code in codes.items():
+            if code == SURVIVED or code in NO_TESTS:
+                codes[key] = None
+        meta.write_text(json.dumps(data, indent=4))
+
+
+def _config(group: Group) -> str:
+    add = ["-p", "no:cacheprovider", "-o", "addopts=", "-m", "not slow", "-W", "ignore"]
+    if group.deselect:
+        add += ["-k", group.deselect]
+    mutmut = {
+        "source_paths": ["eqsurgeon"],
+        "only_mutate": [f"eqsurgeon/{m}" for m in group.modules],
+        "also_copy": ["fixtures/"],
+        "pytest_add_cli_args_test_selection": list(group.tests),
+        "pytest_add_cli_args": add,
+        "process_isolation": "forkserver",  # the forking process never ran torch: fork-safe
+        "use_git_change_detection": False,
+    }
+    lines = ["[tool.pytest.ini_options]", 'markers = ["slow: takes more than a few seconds"]', ""]
+    lines.append("[tool.mutmut]")
+    lines += [f"{k} = {json.dumps(v)}" for k, v in mutmut.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _sync(src: Path, dst: Path) -> None:
+    """Copy ``src`` over ``dst`` keeping modification times, so mutmut re-tests only changed files."""
+    for path in src.rglob("*"):
+        if "__pycache__" in path.parts or path.is_dir():
+            continue
+        target = dst / path.relative_to(src)
+        if target.exists() and target.stat().st_mtime == path.stat().st_mtime:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+    for path in dst.rglob("*.py"):  # files deleted in the source
+        if not (src / path.relative_to(dst)).exists():
+            path.unlink()
+
+
+def _change(work: Path, key: str) -> str:
+    """The mutated line(s) of one mutant, ``old  →  new``."""
+    cmd = [sys.executable, "-m", "mutmut", "show", key]
+    diff = subprocess.run(cmd, cwd=work, capture_output=True, text=True).stdout.splitlines()
+    old = [line[1:].strip() for line in diff if line.startswith("-") and not line.startswith("---")]
+    new = [line[1:].strip() for line in diff if line.startswith("+") and not line.startswith("+++")]
+    return f"{' / '.join(old)}  →  {' / '.join(new)}"[:200]
+
+
+def _pct(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.1f}%" if whole else "-"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
