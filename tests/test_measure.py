@@ -312,3 +312,12 @@ def test_merging_keeps_single_element_parts_and_drops_empty_ones():
     empty = merge_moments([Moments(0, math.nan, math.nan, 0)])
     assert (empty.count, empty.batches, empty.std_rel_se) == (0, 0, math.inf)
     assert math.isnan(empty.mean) and math.isnan(empty.var)
+
+
+def test_bn_mode_auto_counts_a_bn_as_fresh_only_when_both_buffers_are_at_init():
+    assert resolve_bn_mode(nn.BatchNorm2d(2, track_running_stats=False)) == "eval"  # no buffers to judge
+    moved_var, moved_mean = nn.BatchNorm2d(2), nn.BatchNorm2d(2)
+    moved_var.running_var.fill_(2.0)  # the mean is still 0: it has seen data all the same
+    moved_mean.running_mean.fill_(0.1)
+    assert resolve_bn_mode(moved_var) == resolve_bn_mode(moved_mean) == "eval"
+    assert resolve_bn_mode(nn.Sequential(moved_var, nn.BatchNorm2d(2))) == "batch"  # one fresh BN suffices

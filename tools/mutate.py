@@ -138,7 +138,7 @@ def report(names: list[str]) -> int:
             alive = sorted(k for k, c in codes.items() if c == SURVIVED or c in NO_TESTS)
             pending = sum(c is None for c in codes.values())
             rows.append((module, len(codes) - pending, killed, pending))
-            survivors += [(name, k, codes[k] in NO_TESTS, k in justified) for k in alive]
+            survivors += [(name, module, k, codes[k] in NO_TESTS, k in justified) for k in alive]
     print(f"\n{'module':<22} {'mutants':>8} {'killed':>7} {'score':>7}")
     for module, total, killed, pending in rows:
         note = f"  ({pending} not run)" if pending else ""
@@ -148,9 +148,9 @@ def report(names: list[str]) -> int:
     if missing:
         print(f"not run yet: {', '.join(missing)}")
     print(f"\nsurvivors ({len(survivors)}; justified in docs/mutation.md: {sum(s[3] for s in survivors)})")
-    for group, key, untested, ok in survivors:
+    for group, module, key, untested, ok in survivors:
         tag = "justified" if ok else ("no test reaches it" if untested else "survived")
-        print(f"  {key}  [{tag}]\n      {_change(WORK / group, key)}")
+        print(f"  {key}  [{tag}]\n      {_change(WORK / group, module, key)}")
     return 1 if missing else 0
 
 
@@ -200,10 +200,16 @@ def _sync(src: Path, dst: Path) -> None:
             path.unlink()
 
 
-def _change(work: Path, key: str) -> str:
+def _change(work: Path, module: str, key: str) -> str:
     """The mutated line(s) of one mutant, ``old  →  new``."""
-    cmd = [sys.executable, "-m", "mutmut", "show", key]
-    diff = subprocess.run(cmd, cwd=work, capture_output=True, text=True).stdout.splitlines()
+    from mutmut.mutation.diff_apply import get_diff_for_mutant
+
+    here = Path.cwd()
+    os.chdir(work)  # mutmut reads its files relative to the working folder
+    try:
+        diff = get_diff_for_mutant(key, path=Path("eqsurgeon") / module).splitlines()
+    finally:
+        os.chdir(here)
     old = [line[1:].strip() for line in diff if line.startswith("-") and not line.startswith("---")]
     new = [line[1:].strip() for line in diff if line.startswith("+") and not line.startswith("+++")]
     return f"{' / '.join(old)}  →  {' / '.join(new)}"[:200]
