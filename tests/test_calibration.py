@@ -180,9 +180,10 @@ def test_converged_means_the_95_percent_bound_reached_the_tolerance() -> None:
     from eqsurgeon.records import FusionSite, Subject
 
     gen = torch.Generator().manual_seed(0)
-    # the level varies from image to image, so the standard error falls slowly
-    levels = [torch.randn(2, 1, 1, 1, generator=gen) for _ in range(40)]
-    batches = [lv + 0.5 * torch.randn(2, 1, 8, 8, generator=gen) for lv in levels]
+    batches = []
+    for _ in range(40):  # the level varies from image to image, so the standard error falls slowly
+        level = torch.randn(2, 1, 1, 1, generator=gen)
+        batches.append(level + 0.5 * torch.randn(2, 1, 8, 8, generator=gen))
     site = FusionSite("", "conv2d", 1, (Subject((0, 1), "a"),))
     capped = calibrate(torch.nn.Conv2d(1, 1, 1), batches, CalibrationOptions(tolerance=0.1, max_images=18),
                        sites=[site])  # fmt: skip

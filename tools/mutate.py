@@ -176,7 +176,9 @@ def _config(group: Group) -> str:
         "also_copy": ["fixtures/"],
         "pytest_add_cli_args_test_selection": list(group.tests),
         "pytest_add_cli_args": add,
-        "process_isolation": "forkserver",  # the forking process never ran torch: fork-safe
+        # Fork each mutant from the process that ran the clean tests: torch.export and fx are warm there
+        # (a cold fork spends ~30 s re-initializing them). One torch thread keeps forking safe.
+        "process_isolation": "fork",
         "use_git_change_detection": False,
     }
     lines = ["[tool.pytest.ini_options]", 'markers = ["slow: takes more than a few seconds"]', ""]
