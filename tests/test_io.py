@@ -331,3 +331,71 @@ def test_only_a_record_with_equalized_sites_is_refused() -> None:
         CheckpointError, match=r"x\.safetensors is already scale-equalized \(insert mode, 1 site"
     ):
         refuse_double_equalization(_meta("insert"), "x.safetensors", allow=False)
+
+
+def test_error_messages_name_the_problem_the_cause_and_the_fix(tmp_path: Path) -> None:
+    """The whole line each io error gives, cause included (a message is the contract with the user)."""
+    from eqsurgeon.errors import one_line
+
+    (tmp_path / "bad.pt").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError) as err:
+        ckpt.read_state_dict(tmp_path / "bad.pt")
+    assert str(err.value) == (
+        f"{tmp_path / 'bad.pt'} cannot be loaded with weights_only=True ({one_line(err.value.__cause__)}); "
+        "save a plain state dict or convert it to .safetensors"
+    )
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
+    with pytest.raises(CheckpointError) as err:
+        ckpt.read_state_dict(bad)
+    assert str(err.value) == f"{bad} is not a readable safetensors file ({one_line(err.value.__cause__)})"
+    with pytest.raises(CheckpointError) as err:
+        ckpt.fit_state_dict(nn.Linear(2, 2), {"weight": torch.ones(2, 2)}, "w.pt")
+    assert str(err.value) == (
+        "checkpoint w.pt does not fit the model: 1 missing (e.g. bias); "
+        "pass the checkpoint that belongs to this model and its factory arguments"
+    )
+    with pytest.raises(CheckpointError) as err:
+        refuse_double_equalization(_meta(), "x.safetensors", allow=False)
+    assert str(err.value) == (
+        "x.safetensors is already scale-equalized (fold mode, 1 site(s)); the fused features are unchanged "
+        "by folding, so calibrating it again would divide the weights by σ a second time. Calibrate the "
+        "original weights, or pass allow_equalized=True to equalize on top"
+    )
+    with pytest.raises(ValueError, match="^the record is not a JSON object$"):
+        record_from_json("[]")
+
+
+def test_a_malformed_record_read_from_a_file_names_the_file(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path = tmp_path / "m.safetensors"
+    save_file({"w": torch.ones(1)}, str(path), metadata={"eqsurgeon": "{not json"})
+    with pytest.raises(
+        CheckpointError, match=rf"^{re.escape(str(path))} has a malformed eqsurgeon record \(\w"
+    ):
+        read_checkpoint(path)
+
+
+def test_records_without_optional_lists_parse() -> None:
+    bare = '{"model": "m", "mode": "fold", "bn_mode": "eval", "images": 1, "data_fingerprint": "", '
+    site = '{"layer": "a", "op": "conv2d", "groups": 1, "channel_dim": 1, "status": "skipped"}'
+    record = record_from_json(bare + f'"sites": [{site}], "image_mean": [120.0, 110.0, 100.0]}}')
+    assert record.sites[0].inputs == () and record.image_std == ()
+    assert record.image_mean == pytest.approx((120 / 255, 110 / 255, 100 / 255))
+    assert record_from_json(bare + '"image_mean": [2.0, 2.0, 2.0]}').image_mean == pytest.approx(
+        (2 / 255,) * 3
+    )
+
+
+def test_rebuild_goes_on_past_a_site_already_rebuilt() -> None:
+    from eqsurgeon.equalize import EqualizedInput, InputStat, insert_equalizers
+
+    two = _meta("insert")
+    two = CalibrationRecord(
+        **{**two.__dict__, "sites": (two.sites[0], SiteRecord(**{**two.sites[0].__dict__, "layer": "1"}))}
+    )
+    net = nn.Sequential(nn.Conv2d(4, 2, 1), nn.Conv2d(4, 2, 1))
+    insert_equalizers(net, "0", [InputStat((0, 4), 0.0, 1.0)])
+    ckpt.rebuild_equalizers(net, two)
+    assert isinstance(net[1], EqualizedInput) and net[1].channels == ((0, 2), (2, 4))
