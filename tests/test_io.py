@@ -362,7 +362,7 @@ def test_error_messages_name_the_problem_the_cause_and_the_fix(tmp_path: Path) -
         "by folding, so calibrating it again would divide the weights by σ a second time. Calibrate the "
         "original weights, or pass allow_equalized=True to equalize on top"
     )
-    with pytest.raises(ValueError, match="^the record is not a JSON object$"):
+    with pytest.raises(ValueError, match=r"^the record is not a JSON object$"):
         record_from_json("[]")
 
 
