@@ -134,3 +134,44 @@ def test_torchvision_fcn_has_no_site():
 
     model = load_model("torchvision:fcn_resnet50", {"num_classes": 3})
     assert find_sites(model, torch.randn(2, 3, 64, 64)) == []
+
+
+def test_find_sites_uses_the_frontend_it_is_given():
+    from eqsurgeon.errors import CaptureError
+
+    model, x = fx_models.shape_dependent_if(), torch.randn(2, 3, 32, 32)
+    assert [s.layer for s in find_sites(model, x)] == ["fuse"]  # auto: export after fx fails
+    with pytest.raises(CaptureError, match="torch.fx cannot trace the model"):
+        find_sites(model, x, "fx")
+
+
+class _BufferWeightConv(fx_models.TwoBranch):
+    """A functional conv whose weight is a buffer: export passes it as an input that is no parameter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("w", torch.randn(6, 8, 1, 1))
+
+    def forward(self, x):
+        a, b = self.branches(x)
+        return torch.nn.functional.conv2d(torch.cat([a, b], 1), self.w)
+
+
+class _KeywordWeightLinear(fx_models.TwoBranch):
+    """``F.linear(x, weight=w)``: the weight is a keyword argument, not the second positional one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(5, 8))
+
+    def forward(self, x):
+        a, b = self.branches(x)
+        return torch.nn.functional.linear(torch.cat([a, b], 1).permute(0, 2, 3, 1), weight=self.w)
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+@pytest.mark.parametrize("factory", [_BufferWeightConv, _KeywordWeightLinear])
+def test_functional_fusions_without_a_weight_module_are_skipped(frontend, factory):
+    (site,) = sites(factory(), frontend)
+    assert site.status == "skipped" and "with no module of its own" in site.reason
+    assert layout(site) == [((0, 4), None), ((4, 8), BI2)]
