@@ -141,7 +141,7 @@ def test_find_sites_uses_the_frontend_it_is_given():
 
     model, x = fx_models.shape_dependent_if(), torch.randn(2, 3, 32, 32)
     assert [s.layer for s in find_sites(model, x)] == ["fuse"]  # auto: export after fx fails
-    with pytest.raises(CaptureError, match="torch.fx cannot trace the model"):
+    with pytest.raises(CaptureError, match=r"torch\.fx cannot trace the model"):
         find_sites(model, x, "fx")
 
 
