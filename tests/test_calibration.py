@@ -217,12 +217,12 @@ def test_build_record_writes_every_field_of_the_result_and_its_source() -> None:
     linear = FusionSite("head.mlp", "linear", 1, (Subject((0, 3), "c"), Subject((3, 4), "d")), channel_dim=-1)
     skipped = SiteCalibration(linear, (Moments(9, 1.0, 0.0, 1), Moments(9, 1.0, 1.0, 1)), None, "skipped",
                               "zero variance", 0)  # fmt: skip
-    result = CalibrationResult((ok, skipped), "fold", "batch", "auto", 0.005, False)
+    result = CalibrationResult((ok, skipped), "fold", "batch", "on", 0.005, False)
     mean, std = (0.4, 0.5, 0.6), (0.2, 0.2, 0.3)
     source = RecordSource("zoo:m", "abc", {"num_classes": 5}, 7, (64, 48), mean, std, 3)
     assert build_record(result, source) == CalibrationRecord(
         model="zoo:m", mode="fold", bn_mode="batch", images=20, data_fingerprint="abc",
-        model_kwargs={"num_classes": 5}, bias_correction="auto", tolerance=0.005, converged=False, seed=7,
+        model_kwargs={"num_classes": 5}, bias_correction="on", tolerance=0.005, converged=False, seed=7,
         input_size=(64, 48), image_mean=mean, image_std=std, skipped_files=3,
         tool_version=__version__,
         sites=(

@@ -70,7 +70,20 @@ def test_unmeasurable_sites_fail_and_skipped_sites_pass() -> None:
     assert v.ratio is None and not v.passed and "calibrate" in v.note
     skipped = FusionSite("fuse", "conv2d", 1, SITE.subjects, status="skipped", reason="runs twice")
     (v,) = check(_analysis(9.0, 1.0, site=skipped)).verdicts
-    assert (v.ratio, v.passed, v.equalized, v.note) == (None, True, False, "skipped: runs twice")
+    assert (v.layer, v.ratio, v.passed, v.equalized, v.note) == (
+        "fuse",
+        None,
+        True,
+        False,
+        "skipped: runs twice",
+    )
+    later = FusionSite("head", "conv2d", 1, SITE.subjects)
+    both = Analysis(
+        "m", "fx", None, "batch", InputInfo("synthetic", 4, (32, 32)), (skipped, later), (),
+        {"head": (Moments(100, 0.0, 9.0, 4), Moments(100, 0.0, 1.0, 4))},
+    )  # fmt: skip
+    verdicts = check(both).verdicts  # a skipped site does not end the check
+    assert [(v.layer, v.passed, v.ratio) for v in verdicts] == [("fuse", True, None), ("head", False, 9.0)]
 
 
 def test_an_unsearched_leaf_fails_unless_allowed() -> None:
@@ -78,6 +91,10 @@ def test_an_unsearched_leaf_fails_unless_allowed() -> None:
     analysis = _analysis(1.0, 1.0, unsearched=(leaf,))
     result = check(analysis)
     assert [v.layer for v in result.verdicts] == ["fuse", "backbone.block"] and not result.passed
-    note = result.verdicts[1].note
-    assert "not searched" in note and "fx and export both failed" in note
+    leaf_verdict = result.verdicts[1]
+    assert (leaf_verdict.ratio, leaf_verdict.passed, leaf_verdict.equalized) == (None, False, False)
+    assert (
+        leaf_verdict.note
+        == "leaf module not searched for sites, a site inside is unknown (fx and export both failed)"
+    )
     assert check(analysis, allow_unsearched=True).passed
