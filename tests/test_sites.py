@@ -38,20 +38,27 @@ def test_same_tensor_concatenated_twice_gives_two_subjects(frontend):
 @pytest.mark.parametrize("frontend", FRONTENDS)
 def test_nested_concats_flatten(frontend):
     (site,) = sites(fx_models.nested_concat(), frontend)
+    assert site.status == "ok"
     assert layout(site) == [((0, 4), None), ((4, 8), BI2), ((8, 10), Upsample("bilinear", (4.0, 4.0), False))]
 
 
 @pytest.mark.parametrize("frontend", FRONTENDS)
 def test_an_upsample_on_an_inner_concat_reaches_each_of_its_inputs(frontend):
     (site,) = sites(fx_models.upsampled_inner_concat(), frontend)
-    assert layout(site) == [((0, 4), None), ((4, 8), BI2), ((8, 10), BI2)]
+    assert site.status == "ok" and layout(site) == [((0, 4), None), ((4, 8), BI2), ((8, 10), BI2)]
     assert [s.source for s in site.subjects] == ["a.2", "b.2", "c.2"]
 
 
 @pytest.mark.parametrize("frontend", FRONTENDS)
 def test_channels_last_concat_into_linear(frontend):
     (site,) = sites(fx_models.channels_last_linear(), frontend)
-    assert (site.layer, site.op, site.channel_dim) == ("fuse", "linear", -1)
+    assert (site.layer, site.op, site.groups, site.channel_dim, site.status) == (
+        "fuse",
+        "linear",
+        1,
+        -1,
+        "ok",
+    )
     assert layout(site) == [((0, 4), None), ((4, 10), BI2)]
 
 
@@ -175,3 +182,42 @@ def test_functional_fusions_without_a_weight_module_are_skipped(frontend, factor
     (site,) = sites(factory(), frontend)
     assert site.status == "skipped" and "with no module of its own" in site.reason
     assert layout(site) == [((0, 4), None), ((4, 8), BI2)]
+    op, channel_dim = ("conv2d", 1) if factory is _BufferWeightConv else ("linear", -1)
+    assert (site.op, site.groups, site.channel_dim) == (op, 1, channel_dim)
+    assert site.layer in {n.name for n in capture(factory(), torch.randn(2, 3, 32, 32), frontend).graph.nodes}
+
+
+class _ThreeInner(fx_models.TwoBranch):
+    """cat([cat([a, b, c]), d]): the offset after a three-input inner concat."""
+
+    def __init__(self) -> None:
+        super().__init__(fuse_in=14)
+        self.c = fx_models.conv_bn_relu(3, 2)
+        self.d = fx_models.conv_bn_relu(3, 4)
+
+    def forward(self, x):
+        a, b = self.branches(x)
+        return self.fuse(torch.cat([torch.cat([a, b, self.c(x)], 1), self.d(x)], 1))
+
+
+class _SharedWeight(fx_models.TwoBranch):
+    """The fusing conv's weight also used by a functional conv: the layer runs twice per forward."""
+
+    def forward(self, x):
+        a, b = self.branches(x)
+        y = self.fuse(torch.cat([a, b], 1))
+        return y + torch.nn.functional.conv2d(torch.cat([b, a], 1), self.fuse.weight)
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_offsets_continue_after_an_inner_concat_of_three(frontend):
+    (site,) = sites(_ThreeInner(), frontend)
+    assert site.status == "ok"
+    assert [s.channels for s in site.subjects] == [(0, 4), (4, 8), (8, 10), (10, 14)]
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_a_weight_shared_with_a_functional_call_counts_as_a_second_run(frontend):
+    found = sites(_SharedWeight(), frontend)
+    ok = [s for s in found if s.layer == "fuse"]
+    assert ok and all(s.status == "skipped" and "runs 2 times" in s.reason for s in ok)
