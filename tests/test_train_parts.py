@@ -115,7 +115,8 @@ def test_miou_averages_the_classes_present_in_prediction_or_label() -> None:
 
 
 def test_default_schedule_decays_linearly_after_warmup() -> None:
-    cfg = ScheduleConfig(iters=110, warmup_iters=10)  # poly power and min_lr left at their defaults
+    cfg = ScheduleConfig(iters=111, warmup_iters=10)  # poly power and min_lr left at their defaults
+    # mmengine's PolyLR(begin=10, end=111) decays over end − begin − 1 = 100 steps, to 0 at iteration 110
     factors = [lr_factor(i, cfg, 0.01) for i in (10, 35, 60, 85, 110, 200)]
     assert factors == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0, 0.0])
 
@@ -123,7 +124,7 @@ def test_default_schedule_decays_linearly_after_warmup() -> None:
 def test_scheduler_applies_the_poly_power_to_every_group() -> None:
     model = nn.Linear(2, 2)
     optimizer = torch.optim.SGD([{"params": [model.weight], "lr": 0.1}, {"params": [model.bias], "lr": 0.2}])
-    scheduler = build_scheduler(optimizer, ScheduleConfig(iters=10, warmup_iters=0, power=2.0), 0.1)
+    scheduler = build_scheduler(optimizer, ScheduleConfig(iters=11, warmup_iters=0, power=2.0), 0.1)
     lrs = []
     for _ in range(5):
         optimizer.step()
@@ -147,10 +148,10 @@ def test_a_checkpoint_interrupted_while_writing_its_state_leaves_the_previous_on
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     model = nn.Linear(3, 2)
-    save_checkpoint(tmp_path, 10, model.state_dict(), {"iter": 10}, None, ModelConfig("m"), keep=2)
+    save_checkpoint(tmp_path, 10, model.state_dict(), {"iter": 10, "rng": []}, None, ModelConfig("m"), keep=2)
     _interrupt_during_write(monkeypatch, torch, "save")
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(tmp_path, 20, model.state_dict(), {"iter": 20}, None, ModelConfig("m"), keep=2)
+        save_checkpoint(tmp_path, 20, model.state_dict(), {"iter": 20, "rng": []}, None, ModelConfig("m"), keep=2)
     monkeypatch.undo()
     (last,) = list_checkpoints(tmp_path)  # iteration 20 has weights but no state: not complete
     assert last.iteration == 10 and load_state(last)["iter"] == 10
@@ -161,12 +162,12 @@ def test_a_checkpoint_interrupted_while_writing_its_state_leaves_the_previous_on
 def test_best_weights_interrupted_while_overwritten_keep_the_old_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from eqsurgeon import io
+    from eqsurgeon.io import files as io_files
 
     best = tmp_path / "best.safetensors"
     write_weights(best, {"w": torch.ones(3)}, None, ModelConfig("m"), 10)
     before = best.read_bytes()
-    monkeypatch.setattr(io.os, "fsync", lambda fd: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setattr(io_files.os, "fsync", lambda fd: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         write_weights(best, {"w": torch.zeros(3)}, None, ModelConfig("m"), 20)
     assert best.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["best.safetensors"]
