@@ -151,7 +151,7 @@ def test_a_checkpoint_interrupted_while_writing_its_state_leaves_the_previous_on
     save_checkpoint(tmp_path, 10, model.state_dict(), {"iter": 10, "rng": []}, None, ModelConfig("m"), keep=2)
     _interrupt_during_write(monkeypatch, torch, "save")
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(tmp_path, 20, model.state_dict(), {"iter": 20, "rng": []}, None, ModelConfig("m"), keep=2)
+        save_checkpoint(tmp_path, 20, model.state_dict(), {"iter": 20, "rng": []}, None, ModelConfig("m"), 2)
     monkeypatch.undo()
     (last,) = list_checkpoints(tmp_path)  # iteration 20 has weights but no state: not complete
     assert last.iteration == 10 and load_state(last)["iter"] == 10
