@@ -245,6 +245,18 @@ def test_a_one_image_last_batch_is_skipped_under_batch_statistics(bn_mode, image
         model(batches[-1])  # what the skipped batch would have done
 
 
+@pytest.mark.parametrize(("bn_mode", "images", "measured"), [("batch", 8, 4), ("eval", 9, 5)])
+def test_measure_skips_a_one_image_last_batch_under_batch_statistics(bn_mode, images, measured):
+    torch.manual_seed(0)
+    model = _PooledBranch()
+    gen = torch.Generator().manual_seed(1)
+    batches = [torch.randn(n, 3, 8, 8, generator=gen) for n in (2, 2, 2, 2, 1)]
+    site = FusionSite("fuse", "conv2d", 1, (Subject((0, 4), "a"), Subject((4, 8), "pool")))
+    result = measure(model, [site], batches, bn_mode=bn_mode)
+    assert (result.bn_mode, result.images) == (bn_mode, images)
+    assert [m.batches for m in result.moments["fuse"]] == [measured] * 2
+
+
 def test_pooled_standard_error_weights_ranks_by_batches():
     a, b = Moments(40, 1.0, 2.0, 2, 0.2), Moments(60, 1.0, 2.0, 6, 0.1)  # counts not in proportion
     # sqrt((2·0.2)² + (6·0.1)²) / 8: each rank's relative error, weighted by its share of the batches
