@@ -66,14 +66,19 @@ IO_MODULES = tuple(
 # In the order they run: the surgery core first, then the finer parts of finding sites.
 GROUPS = {
     "checking": Group(
-        ("checking.py", "recognize.py"),
+        ("checking.py",),
         ("tests/test_checking.py", "tests/test_recognize.py", "tests/test_cli_analyze_check.py"),
+        deselect="not zoo and not plot",  # 2 s per zoo model, a plot: the fixtures reach the same code
     ),
     "measure": Group(
-        ("measure/__init__.py", "measure/hooks.py", "measure/pool.py", "calibration.py", "equalize.py"),
+        ("measure/__init__.py", "measure/hooks.py", "measure/pool.py"),
+        ("tests/test_measure.py", "tests/test_calibration.py"),
+    ),
+    "calibration": Group(
+        ("calibration.py", "equalize.py"),
         # fold ≡ insert is checked on six fixtures in test_calibration; the zoo-wide equivalence tests
         # (2-4 s per model) would make every surviving mutant here cost minutes
-        ("tests/test_measure.py", "tests/test_calibration.py", "tests/test_equalize.py"),
+        ("tests/test_calibration.py", "tests/test_equalize.py", "tests/test_measure.py"),
     ),
     "io": Group(
         IO_MODULES,
@@ -87,6 +92,7 @@ GROUPS = {
         ("leaves.py", "inline.py", "shape_tracer.py"),
         ("tests/test_sites_leaves.py", "tests/test_sites_corpus.py", "tests/test_sites_channels.py"),
     ),
+    "recognize": Group(("recognize.py",), ("tests/test_recognize.py", "tests/test_checking.py")),
 }
 
 
