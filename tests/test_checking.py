@@ -98,3 +98,39 @@ def test_an_unsearched_leaf_fails_unless_allowed() -> None:
         == "leaf module not searched for sites, a site inside is unknown (fx and export both failed)"
     )
     assert check(analysis, allow_unsearched=True).passed
+
+
+def test_check_model_judges_with_the_records_scales_once_the_record_fits() -> None:
+    """With a record, its folded scales count (the weights are not consulted) and the bound is the caller's."""
+    from torch import nn
+
+    from eqsurgeon.checking import check_model
+    from eqsurgeon.errors import CheckpointError
+
+    leaf = UnsearchedLeaf("backbone.block", "fx and export both failed")
+    analysis = _analysis(8.0, 1.0, unsearched=(leaf,))
+    record = _record("fold", (0.5, 1.0))  # 8·0.25 = 2 against 1
+    result = check_model(nn.Identity(), analysis, 2.0, record, "w.safetensors", allow_unsearched=True)
+    assert result.max_ratio == 2.0 and result.passed
+    fuse, block = result.verdicts
+    assert (fuse.ratio, fuse.passed, fuse.equalized, fuse.scales_from) == (2.0, True, True, "record")
+    assert (block.layer, block.passed) == ("backbone.block", True)
+    strict = check_model(nn.Identity(), analysis, 1.5, record, "w.safetensors")
+    assert [v.passed for v in strict.verdicts] == [False, False]  # above 1.5; the leaf not allowed
+    with pytest.raises(
+        CheckpointError,
+        match=r"^the calibration record in w\.safetensors does not match the model: it equalized other,",
+    ):
+        check_model(nn.Identity(), analysis, 2.0, _record("fold", (0.5, 1.0), "other"), "w.safetensors")
+
+
+def test_check_model_without_a_record_judges_the_raw_scales_of_fresh_weights() -> None:
+    from torch import nn
+
+    from eqsurgeon.checking import check_model
+
+    leaf = UnsearchedLeaf("backbone.block", "fx and export both failed")
+    result = check_model(nn.Identity(), _analysis(2.0, 1.0, unsearched=(leaf,)), 2.0, None, "m")
+    fuse, block = result.verdicts
+    assert (fuse.ratio, fuse.passed, fuse.equalized, fuse.scales_from) == (2.0, True, False, None)
+    assert not block.passed

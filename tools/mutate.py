@@ -154,7 +154,7 @@ def report(names: list[str]) -> int:
     print(f"{'core':<24} {total:>8} {killed:>7} {_pct(killed, total):>7}")
     if missing:
         print(f"not run yet: {', '.join(missing)}")
-    print(f"\nsurvivors ({len(survivors)}; justified in docs/mutation.md: {sum(s[3] for s in survivors)})")
+    print(f"\nsurvivors ({len(survivors)}; justified in docs/mutation.md: {sum(s[4] for s in survivors)})")
     for group, module, key, untested, ok in survivors:
         tag = "justified" if ok else ("no test reaches it" if untested else "survived")
         print(f"  {key}  [{tag}]\n      {_change(WORK / group, module, key)}")
