@@ -101,7 +101,7 @@ def test_an_unsearched_leaf_fails_unless_allowed() -> None:
 
 
 def test_check_model_judges_with_the_records_scales_once_the_record_fits() -> None:
-    """With a record, its folded scales count (the weights are not consulted) and the bound is the caller's."""
+    """With a record its folded scales count (the weights are not consulted), against the caller's bound."""
     from torch import nn
 
     from eqsurgeon.checking import check_model
@@ -134,3 +134,26 @@ def test_check_model_without_a_record_judges_the_raw_scales_of_fresh_weights() -
     fuse, block = result.verdicts
     assert (fuse.ratio, fuse.passed, fuse.equalized, fuse.scales_from) == (2.0, True, False, None)
     assert not block.passed
+
+
+def test_weights_recognized_as_folded_are_judged_by_their_effective_ratio() -> None:
+    from eqsurgeon.recognize import Recognition
+
+    def found(effective: float, equalized: bool = True) -> Recognition:
+        return Recognition((1.0, 0.5), 8.0, 4.0, effective, 0.0, 20.0, equalized)
+
+    (ok,) = check(_analysis(8.0, 1.0), 1.5, recognized={"fuse": found(1.2)}).verdicts
+    assert (ok.ratio, ok.passed, ok.equalized, ok.note, ok.scales_from) == (
+        1.2,
+        True,
+        True,
+        "equilibrium",
+        "weights",
+    )
+    (high,) = check(_analysis(8.0, 1.0), 1.5, recognized={"fuse": found(3.0)}).verdicts
+    assert (high.ratio, high.passed, high.scales_from) == (3.0, False, "weights")
+    assert high.note == "var_ratio above 1.5 though the weights look folded: recalibrate the original weights"
+    (raw,) = check(_analysis(8.0, 1.0), 1.5, recognized={"fuse": found(1.2, equalized=False)}).verdicts
+    assert (raw.ratio, raw.passed, raw.equalized, raw.scales_from) == (8.0, False, False, None)
+    recorded = check(_analysis(8.0, 1.0), 1.5, _record("fold", (0.5, 1.0)), {"fuse": found(3.0)})
+    assert recorded.verdicts[0].scales_from == "record"  # a record's scales come before the weights
