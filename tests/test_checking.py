@@ -134,6 +134,8 @@ def test_check_model_without_a_record_judges_the_raw_scales_of_fresh_weights() -
     fuse, block = result.verdicts
     assert (fuse.ratio, fuse.passed, fuse.equalized, fuse.scales_from) == (2.0, True, False, None)
     assert not block.passed
+    allowed = check_model(nn.Identity(), _analysis(2.0, 1.0, unsearched=(leaf,)), 2.0, None, "m", True)
+    assert allowed.passed
 
 
 def test_weights_recognized_as_folded_are_judged_by_their_effective_ratio() -> None:
