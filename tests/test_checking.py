@@ -159,3 +159,19 @@ def test_weights_recognized_as_folded_are_judged_by_their_effective_ratio() -> N
     assert (raw.ratio, raw.passed, raw.equalized, raw.scales_from) == (8.0, False, False, None)
     recorded = check(_analysis(8.0, 1.0), 1.5, _record("fold", (0.5, 1.0)), {"fuse": found(3.0)})
     assert recorded.verdicts[0].scales_from == "record"  # a record's scales come before the weights
+
+
+def test_a_site_judged_by_its_weights_does_not_end_the_verdicts() -> None:
+    from eqsurgeon.recognize import Recognition
+
+    head = FusionSite("head", "conv2d", 1, (Subject((0, 2), "c"), Subject((2, 4), "d")))
+    moments = {"fuse": (Moments(100, 0.0, 8.0, 4), Moments(100, 0.0, 1.0, 4))}
+    moments["head"] = (Moments(100, 0.0, 3.0, 4), Moments(100, 0.0, 1.0, 4))
+    info = InputInfo("synthetic", 4, (32, 32))
+    analysis = Analysis("m", "fx", None, "batch", info, (SITE, head), (), moments)
+    folded = Recognition((1.0, 0.5), 8.0, 4.0, 1.2, 0.0, 20.0, True)
+    verdicts = check(analysis, 1.5, recognized={"fuse": folded}).verdicts
+    assert [(v.layer, v.ratio, v.scales_from) for v in verdicts] == [
+        ("fuse", 1.2, "weights"),
+        ("head", 3.0, None),
+    ]
