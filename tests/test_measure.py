@@ -333,3 +333,59 @@ def test_bn_mode_auto_counts_a_bn_as_fresh_only_when_both_buffers_are_at_init():
     moved_mean.running_mean.fill_(0.1)
     assert resolve_bn_mode(moved_var) == resolve_bn_mode(moved_mean) == "eval"
     assert resolve_bn_mode(nn.Sequential(moved_var, nn.BatchNorm2d(2))) == "batch"  # one fresh BN suffices
+
+
+def test_a_one_image_batch_anywhere_is_skipped_and_the_rest_measured():
+    torch.manual_seed(0)
+    model = _PooledBranch()
+    gen = torch.Generator().manual_seed(1)
+    batches = [torch.randn(n, 3, 8, 8, generator=gen) for n in (2, 1, 2, 2)]
+    site = FusionSite("fuse", "conv2d", 1, (Subject((0, 4), "a"), Subject((4, 8), "pool")))
+    result = measure(model, [site], batches, bn_mode="batch")
+    assert result.images == 6 and result.moments["fuse"][0].batches == 3
+    moments, seen, _ = measure_until(model, site, batches, StopRule(1e-9), PassOptions(bn_mode="batch"))
+    assert seen == 6 and moments[0].batches == 3
+
+
+def test_a_pass_that_measures_nothing_returns_no_moments_and_no_images():
+    model = _PooledBranch()
+    site = FusionSite("fuse", "conv2d", 1, (Subject((0, 4), "a"), Subject((4, 8), "pool")))
+    one = [torch.randn(1, 3, 8, 8)]  # BN on batch statistics skips it
+    assert measure_until(model, site, one, StopRule(0.1), PassOptions(bn_mode="batch")) == ((), 0, "batch")
+    assert measure_until(model, site, [], StopRule(0.1), PassOptions(bn_mode="eval")) == ((), 0, "eval")
+    with MomentHooks(model, [site]) as hooks:  # hooked, never run
+        unseen = hooks.moments()["fuse"][0]
+    assert (unseen.count, unseen.batches, unseen.std_rel_se) == (0, 0, math.inf)
+    assert math.isnan(unseen.mean) and math.isnan(unseen.var)
+
+
+def test_measure_step_runs_the_forward_under_the_requested_autocast_dtype():
+    model = nn.Sequential(nn.Conv2d(2, 2, 1), nn.Conv2d(2, 1, 1))
+    seen: list[torch.dtype] = []
+    model[1].register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype))
+    site = FusionSite("1", "conv2d", 1, (Subject((0, 2), "a"),))
+    batches = [torch.randn(2, 2, 4, 4) for _ in range(2)]
+    measure_until(model, site, batches, StopRule(1e-9), PassOptions(autocast_dtype=torch.float16))
+    measure_until(model, site, batches[:1], StopRule(1e-9), PassOptions())
+    assert seen == [torch.float16, torch.float16, torch.float32]  # float16, not CPU autocast's bfloat16
+
+
+def test_a_single_element_slice_counts_and_two_batches_give_a_standard_error():
+    conv = nn.Conv2d(2, 1, 1)
+    site = _site(1, 1)
+    one = measure(conv, [site], [torch.tensor([[[[3.0]], [[5.0]]]])]).moments[""]
+    assert [(m.count, m.mean, m.var) for m in one] == [(1, 3.0, 0.0), (1, 5.0, 0.0)]
+    two = measure(conv, [_site(2)], [torch.randn(2, 2, 4, 4), torch.randn(2, 2, 4, 4) * 2]).moments[""][0]
+    assert two.batches == 2 and math.isfinite(two.std_rel_se) and two.std_rel_se > 0
+
+
+def test_the_stop_rule_needs_the_bound_strictly_below_the_tolerance():
+    m = Moments(100, 0.0, 1.0, 8, 0.005)
+    assert not StopRule(m.std_rel_se_bound, min_batches=8).done((m,), 16)
+    assert StopRule(m.std_rel_se_bound * (1 + 1e-9), min_batches=8).done((m,), 16)
+
+
+def test_a_bn_with_only_one_running_buffer_is_not_fresh():
+    bn = nn.BatchNorm2d(2)
+    bn.running_var = None  # a custom norm layer may keep only the mean
+    assert resolve_bn_mode(bn) == "eval"
