@@ -389,3 +389,39 @@ def test_a_bn_with_only_one_running_buffer_is_not_fresh():
     bn = nn.BatchNorm2d(2)
     bn.running_var = None  # a custom norm layer may keep only the mean
     assert resolve_bn_mode(bn) == "eval"
+
+
+def test_std_standard_error_of_equal_batches_is_the_textbook_standard_error_of_a_mean():
+    """With equal batches the delta method reduces to stdev(c_b)/√b over each batch's second moment about
+    the global mean, c_b = var_b + (mean_b − mean)², halved and taken relative to σ²."""
+    import statistics
+
+    gen = torch.Generator().manual_seed(2)
+    batches = [torch.randn(2, 1, 4, 4, generator=gen) * (1 + i) + 0.3 * i for i in range(3)]
+    m = measure(nn.Conv2d(1, 1, 1), [_site(1)], batches).moments[""][0]
+    flat = [b.double().flatten() for b in batches]
+    mean = float(torch.cat(flat).mean())
+    c = [float(f.var(unbiased=False)) + (float(f.mean()) - mean) ** 2 for f in flat]
+    expected = statistics.stdev(c) / math.sqrt(3) / (2 * statistics.fmean(c))
+    assert m.std_rel_se == pytest.approx(expected, rel=1e-6)
+
+
+def test_one_batch_has_exactly_its_own_mean_and_batch_moments_default_to_float64_sums():
+    x = torch.full((1, 1, 2, 5), 0.1) + torch.arange(10.0).reshape(1, 1, 2, 5) * 1e-3
+    m = measure(nn.Conv2d(1, 1, 1), [_site(1)], [x]).moments[""][0]
+    assert m.mean == float(batch_moments(x)[0])  # the first batch is merged into nothing, not into 1.0
+    far = 1000 + torch.randn(64, 64, generator=torch.Generator().manual_seed(0)) * 0.01
+    ref = far.double()
+    mean, _ = batch_moments(far)  # on a CPU: a float64 sum, exact where float32 Welford is not
+    assert float(mean) == pytest.approx(float(ref.mean()), rel=1e-12)
+
+
+def test_a_low_precision_cpu_tensor_is_summed_in_float64():
+    x = (torch.randn(256, 256, generator=torch.Generator().manual_seed(1)) + 3).to(torch.bfloat16)
+    ref = x.double()
+    for one_pass in (False, True):
+        mean, var = batch_moments(x, one_pass=one_pass)  # the float32-norm path is for CUDA only
+        assert float(mean) == pytest.approx(float(ref.mean()), rel=1e-6)
+        assert float(var) == pytest.approx(float(ref.var(unbiased=False)), rel=1e-5)
+    mean, var = batch_moments(x)
+    assert float(mean) == pytest.approx(float(ref.mean()), rel=1e-12)
