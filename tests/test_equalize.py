@@ -205,7 +205,7 @@ def test_equalized_input_passes_gaps_between_and_after_its_ranges() -> None:
     eq = EqualizedInput(nn.Identity(), [InputStat((3, 4), 1.0, 2.0), InputStat((1, 2), 0.0, 4.0)])
     x = torch.arange(6.0).view(1, 6)
     assert eq(x).tolist() == [[0.0, 0.25, 2.0, 1.0, 4.0, 5.0]]
-    with pytest.raises(AssertionError, match="ranges overlap"):
+    with pytest.raises(AssertionError, match=r"^ranges overlap$"):
         EqualizedInput(nn.Identity(), [InputStat((0, 3), 0.0, 1.0), InputStat((2, 4), 0.0, 1.0)])
 
 
@@ -240,3 +240,38 @@ def test_channel_vector_refuses_empty_ranges_and_unpaired_values() -> None:
         channel_vector([InputStat((2, 2), 0, 1)], [5.0], 4, 0.0)
     with pytest.raises(ValueError):
         channel_vector([InputStat((0, 2), 0, 1)], [5.0, 6.0], 4, 0.0)
+
+
+def test_a_layer_without_a_bias_attribute_is_folded_without_mean_correction() -> None:
+    class BareConv(nn.Module):  # a custom fusing layer with a weight and no bias attribute at all
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(1, 4, 1, 1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return nn.functional.conv2d(x, self.weight)
+
+    net = nn.Sequential(BareConv())
+    result = fold_into(net, "0", "conv2d", _stats([(0, 2), (2, 4)]), bias_correction=True)
+    assert (result.bias_corrected, result.note) == (
+        False,
+        "layer has no bias (adding one would change the state-dict keys); means not folded",
+    )
+
+
+def test_fold_weight_and_bias_default_to_one_group() -> None:
+    from eqsurgeon.equalize import fold_bias, fold_weight
+
+    conv = nn.Conv2d(4, 2, 3)
+    vec = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
+    assert torch.equal(fold_weight(conv.weight, vec, "conv2d"), fold_weight(conv.weight, vec, "conv2d", 1))
+    folded = fold_weight(conv.weight, vec, "conv2d")
+    one = fold_bias(conv.bias, folded, vec, "conv2d", 1)
+    assert torch.equal(fold_bias(conv.bias, folded, vec, "conv2d"), one)
+
+
+def test_equalizers_go_around_a_layer_without_parameters() -> None:
+    net = nn.Sequential(nn.Identity())
+    insert_equalizers(net, "0", [InputStat((0, 2), 1.0, 2.0)])
+    assert isinstance(net[0], EqualizedInput)
+    assert net(torch.tensor([[3.0, 5.0, 7.0]])).tolist() == [[1.0, 2.0, 7.0]]
