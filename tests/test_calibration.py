@@ -12,7 +12,7 @@ from eqsurgeon.calibration import CalibrationOptions, calibrate
 from eqsurgeon.equalize import EqualizedInput
 from eqsurgeon.errors import EqSurgeonError, OptionError
 from eqsurgeon.measure import MeasureState, measure, measuring_mode, merge_moments
-from eqsurgeon.records import Moments
+from eqsurgeon.records import FusionSite, Moments
 from eqsurgeon.sites import find_sites
 from fixtures.calibration import (
     fuse_1x1,
@@ -259,3 +259,78 @@ def test_progress_reports_every_batch_of_every_site_and_device_moves_batches() -
     assert [seen[1].std_rel_se_bound, seen[3].std_rel_se_bound] == [s.std_rel_se_bound for s in result.sites]
     plain = calibrate(fuse_two(), _batches(3), options)
     assert [s.scales for s in plain.sites] == [s.scales for s in result.sites]
+
+
+class _OneUnused(torch.nn.Module):
+    """``a`` runs, ``unused`` never does: its site is found by hand, as a stale site list would hold it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Conv2d(4, 2, 1)
+        self.unused = torch.nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.a(x)
+
+
+def _two_input_site(layer: str) -> FusionSite:
+    from eqsurgeon.records import Subject
+
+    return FusionSite(layer, "conv2d", 1, (Subject((0, 2), "x"), Subject((2, 4), "y")))
+
+
+@pytest.mark.parametrize("mode", ["fold", "insert"])
+def test_each_site_result_keeps_its_site_moments_images_and_reason(mode: str) -> None:
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randn(2, 4, 3, 3, generator=gen) * torch.tensor([1.0, 1.0, 3.0, 3.0]).view(1, 4, 1, 1)
+               for _ in range(3)]  # fmt: skip
+    sites = [_two_input_site("a"), _two_input_site("unused")]
+    result = calibrate(_OneUnused(), batches, CalibrationOptions(mode=mode, min_batches=100), sites=sites)
+    ran, unused = result.sites
+    assert (ran.site, ran.status, ran.reason, ran.images, len(ran.moments)) == (sites[0], "ok", None, 6, 2)
+    assert ran.scales is not None and ran.scales[1] < ran.scales[0]
+    assert (unused.site, unused.status, unused.scales, unused.images) == (sites[1], "skipped", None, 6)
+    assert unused.reason == "the layer never ran on the images"
+    assert [m.count for m in unused.moments] == [0, 0]
+
+
+def test_a_site_measured_on_one_element_is_judged_by_its_variance_not_skipped_as_never_run() -> None:
+    from eqsurgeon.records import Subject
+
+    site = FusionSite("", "linear", 1, (Subject((0, 1), "x"), Subject((1, 2), "y")), channel_dim=-1)
+    with pytest.raises(EqSurgeonError, match="zero variance") as err:
+        calibrate(torch.nn.Linear(2, 1), [torch.tensor([[1.0, 2.0]])], sites=[site])
+    assert "never ran" not in str(err.value)
+
+
+def test_a_skipped_site_keeps_its_moments_and_the_others_are_equalized() -> None:
+    from fixtures.calibration import fuse_constant_two
+
+    result = calibrate(fuse_constant_two(), _batches(4), CalibrationOptions(min_batches=100))
+    skipped, ok = result.sites
+    assert (skipped.status, skipped.scales, skipped.images, ok.status) == ("skipped", None, 16, "ok")
+    assert "zero variance" in skipped.reason and len(skipped.moments) == 3
+    assert all(m.count > 0 for m in skipped.moments)
+
+
+def test_the_site_note_says_why_the_means_were_not_folded() -> None:
+    from fixtures.calibration import fuse_1x1
+
+    opts = {"min_batches": 100}
+    off = calibrate(fuse_1x1(), _batches(2), CalibrationOptions(bias_correction="off", **opts)).sites[0]
+    assert (off.bias_corrected, off.note) == (False, "bias_correction=off")
+    on = calibrate(fuse_1x1(), _batches(2), CalibrationOptions(bias_correction="on", **opts)).sites[0]
+    assert (on.bias_corrected, on.note) == (True, None)
+    bare = fuse_1x1()
+    bare.fuse.bias = None
+    none = calibrate(bare, _batches(2), CalibrationOptions(bias_correction="on", **opts)).sites[0]
+    assert (none.bias_corrected, none.note) == (
+        False,
+        "layer has no bias (adding one would change the state-dict keys); means not folded",
+    )
+
+
+@pytest.mark.parametrize("name", ["bias_correction", "bn_mode"])
+def test_a_bad_choice_names_its_option(name: str) -> None:
+    with pytest.raises(OptionError, match=rf"^{name}='x' is unknown; use "):
+        CalibrationOptions(**{name: "x"})
