@@ -57,11 +57,12 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_calibrate.py
 	$(PY) benchmarks/bench_train.py
 
-# Mutation testing of the surgery core (mutmut, in .mutate/): the score per module and the survivors.
-# Not part of `make test` or CI; about an hour on 2 cores. Some groups only: make mutate GROUPS="io checking"
+# Mutation testing of the surgery core (mutmut, in .mutate/): the score per module and the survivors
+# (docs/mutation.md). Not part of `make test` or CI. Niced: it is hours of CPU on a shared 2-core machine.
+# Some groups only: make mutate GROUPS="checking measure"; the last report: $(PY) tools/mutate.py --report
 mutate: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[dev,mutate]'
-	$(PY) tools/mutate.py $(GROUPS)
+	nice -n 19 $(PY) tools/mutate.py $(GROUPS)
 
 clean:
 	rm -rf $(DEMO) .pytest_cache .mutate
