@@ -118,7 +118,9 @@ def test_model_without_sites_is_an_error() -> None:
 def test_one_shot_iterator_and_bad_choices() -> None:
     result = calibrate(fuse_1x1(), iter(_batches(6)), CalibrationOptions(tolerance=1e-9))
     assert result.sites[0].images == 24  # the first batch, used for site finding, is measured too
-    with pytest.raises(ValueError, match="re-iterable"):
+    with pytest.raises(
+        ValueError, match=r"^calibrate needs re-iterable batches \(a list or DataLoader\) for several sites$"
+    ):
         calibrate(fuse_two(), iter(_batches(6)))
     with pytest.raises(OptionError, match="mode='fuse' is unknown; use fold or insert") as bad_mode:
         calibrate(fuse_1x1(), _batches(2), CalibrationOptions(mode="fuse"))
