@@ -336,3 +336,21 @@ def test_the_site_note_says_why_the_means_were_not_folded() -> None:
 def test_a_bad_choice_names_its_option(name: str) -> None:
     with pytest.raises(OptionError, match=rf"^{name}='x' is unknown; use "):
         CalibrationOptions(**{name: "x"})
+
+
+def test_calibrate_says_what_is_missing_in_whole_lines() -> None:
+    from eqsurgeon.errors import CaptureError
+    from fixtures.calibration import fuse_1x1
+
+    with pytest.raises(EqSurgeonError, match=r"^no batch to calibrate on; pass --data a folder with images$"):
+        calibrate(fuse_1x1(), [])
+    with pytest.raises(EqSurgeonError) as err:
+        calibrate(no_sites(), _batches(1))
+    assert str(err.value) == (
+        "the model has no equalizable fusion site (upsample → concat → conv); nothing to calibrate — "
+        "run `eqsurgeon analyze` to see what was found"
+    )
+    with pytest.raises(CaptureError, match="unknown frontend 'nope'"):  # the frontend reaches find_sites
+        calibrate(fuse_1x1(), _batches(1), CalibrationOptions(frontend="nope"))
+    with pytest.raises(OptionError, match=r"^tolerance=1 is out of range; it must be above 0 and below 1$"):
+        CalibrationOptions(tolerance=1)
