@@ -196,6 +196,10 @@ def test_converged_means_the_95_percent_bound_reached_the_tolerance() -> None:
     full = calibrate(torch.nn.Conv2d(1, 1, 1), batches, CalibrationOptions(tolerance=0.1), sites=[site])
     assert full.sites[0].images == 60 and full.converged is True
     assert build_record(full, RecordSource("m", "f")).converged is True
+    # a bound exactly at the tolerance has not reached it
+    at = CalibrationOptions(tolerance=cal.std_rel_se_bound, max_images=18)
+    edge = calibrate(torch.nn.Conv2d(1, 1, 1), batches, at, sites=[site])
+    assert edge.sites[0].std_rel_se_bound == cal.std_rel_se_bound and edge.converged is False
 
 
 def test_build_record_writes_every_field_of_the_result_and_its_source() -> None:
