@@ -275,3 +275,24 @@ def test_equalizers_go_around_a_layer_without_parameters() -> None:
     insert_equalizers(net, "0", [InputStat((0, 2), 1.0, 2.0)])
     assert isinstance(net[0], EqualizedInput)
     assert net(torch.tensor([[3.0, 5.0, 7.0]])).tolist() == [[1.0, 2.0, 7.0]]
+
+
+def test_scale_guards_at_their_bounds_and_the_whole_reason() -> None:
+    from eqsurgeon.equalize import ScaleDecision
+
+    assert compute_scales([]) == ScaleDecision(())  # no inputs: nothing to refuse
+    at_zero = compute_scales([InputStat((0, 1), 0.5, 1e-6)]).reason  # 1e-6 × max(1, |μ|) is still zero
+    assert at_zero == (
+        "input 0 (channels 0:1) has zero variance (a constant feature); dividing by its std would blow up"
+    )
+    assert compute_scales([InputStat((0, 1), 0.0, 1.5e-6)]).scales == (1 / 1.5e-6,)  # above 1e-6
+    at_bound = compute_scales([InputStat((0, 1), 0.0, 1.0), InputStat((1, 2), 0.0, 1e-3)])
+    assert at_bound.scales == (1.0, 1000.0)  # exactly 1e-3 of the largest std is still used
+    below = compute_scales([InputStat((0, 1), 0.0, 2.0), InputStat((1, 2), 0.0, 1e-3)])
+    assert below.scales is None and "0.0005 of the largest std of the site (2)" in below.reason
+    tiny = compute_scales([InputStat((0, 1), 0.3, 0.5), InputStat((1, 2), 0.0, 4e-4)])
+    assert tiny.reason == (
+        "input 1 (channels 1:2) has std 0.0004, 0.0008 of the largest std of the site (0.5); a constant "
+        "feature (blank or uniform images?) whose 1/std would scale its weights ×2,500: "
+        "calibrate on varied images"
+    )
