@@ -358,3 +358,43 @@ def test_calibrate_says_what_is_missing_in_whole_lines() -> None:
         calibrate(fuse_1x1(), _batches(1), CalibrationOptions(frontend="nope"))
     with pytest.raises(OptionError, match=r"^tolerance=1 is out of range; it must be above 0 and below 1$"):
         CalibrationOptions(tolerance=1)
+
+
+def test_the_result_keeps_the_options_and_every_site_given_skipped_ones_included() -> None:
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randn(2, 4, 3, 3, generator=gen) for _ in range(3)]
+    functional = FusionSite("f", "conv2d", 1, (), status="skipped", reason="a functional conv")
+    sites = [_two_input_site("a"), functional]
+    opts = CalibrationOptions(bias_correction="off", tolerance=0.5, min_batches=100, bn_mode="eval")
+    result = calibrate(_OneUnused(), batches, opts, sites=sites)
+    assert (result.mode, result.bn_mode) == ("fold", "eval")
+    assert (result.bias_correction, result.tolerance) == ("off", 0.5)
+    assert [s.site for s in result.sites] == sites
+    skipped = result.sites[1]
+    assert (skipped.moments, skipped.scales, skipped.status) == ((), None, "skipped")
+    assert skipped.reason == "a functional conv"
+    with pytest.raises(EqSurgeonError) as err:
+        calibrate(_OneUnused(), batches, opts, sites=[_two_input_site("unused"), functional])
+    assert str(err.value) == (
+        "no site could be equalized (unused: the layer never ran on the images; f: a functional conv); "
+        "check the model and the images"
+    )
+
+
+def test_calibrate_measures_under_the_autocast_dtype_it_is_given() -> None:
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randn(2, 4, 3, 3, generator=gen) for _ in range(2)]
+    model = _OneUnused()
+    model.a = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 1), torch.nn.Conv2d(4, 2, 1))
+    seen: list[torch.dtype] = []
+    model.a[1].register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype))
+    opts = CalibrationOptions(autocast_dtype=torch.float16, bias_correction="off", min_batches=100)
+    calibrate(model, batches, opts, sites=[_two_input_site("a.1")])
+    assert seen == [torch.float16, torch.float16]  # not CPU autocast's default bfloat16, nor float32
+
+
+@pytest.mark.parametrize("name", ["min_batches", "max_images"])
+def test_counts_must_be_positive_and_their_errors_name_them(name: str) -> None:
+    with pytest.raises(OptionError, match=rf"^{name}=0 is out of range; it must be above 0$"):
+        CalibrationOptions(**{name: 0})
+    assert getattr(CalibrationOptions(**{name: 1}), name) == 1
