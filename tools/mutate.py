@@ -56,12 +56,9 @@ SITE_TESTS = (
     "tests/test_equivalence.py::test_graph_matches_eager",
 )
 IO_MODULES = tuple(
-    f"io/{name}.py"
-    for name in (
-        "files", "fitting", "recordjson", "safetensors_file", "pth_file",
-        "folder_files", "hf_folder", "smp_folder", "formats", "weights",
-    )
-)  # fmt: skip
+    f"io/{name}.py" for name in ("files", "fitting", "recordjson", "safetensors_file", "pth_file", "weights")
+)
+FORMAT_MODULES = tuple(f"io/{name}.py" for name in ("folder_files", "hf_folder", "smp_folder", "formats"))
 
 # In the order they run: the surgery core first, then the finer parts of finding sites.
 GROUPS = {
@@ -82,17 +79,26 @@ GROUPS = {
         ("tests/test_calibration.py", "tests/test_equalize.py", "tests/test_measure.py"),
         deselect="not iid_upsampled_maps",
     ),
-    "io": Group(
+    "io": Group(  # weights and calibration records: files, state dicts, record JSON
         IO_MODULES,
-        ("tests/test_io.py", "tests/test_formats.py"),
-        # 16 s of subprocesses: the fixtures' round trips cover the same code
-        deselect="not across_processes",
+        (
+            "tests/test_io.py",
+            "tests/test_formats.py",
+            "tests/test_equivalence.py::test_save_load_round_trip_is_exact",
+        ),
+        # 16 s of subprocesses, and the round trips of zoo models (2-5 s each): fixtures cover the same code
+        deselect="not across_processes and not zoo",
     ),
     "find": Group(("capture.py", "sites.py", "graph_ops.py"), SITE_TESTS),
     "channels": Group(("channels.py",), SITE_TESTS),
     "leaves": Group(  # searching inside opaque leaf modules
         ("leaves.py", "inline.py", "shape_tracer.py"),
         ("tests/test_sites_leaves.py", "tests/test_sites_corpus.py", "tests/test_sites_channels.py"),
+    ),
+    "formats": Group(  # the other model formats: transformers and smp folders, MMSegmentation .pth
+        FORMAT_MODULES,
+        ("tests/test_formats.py", "tests/test_io.py", "tests/test_ecosystems.py"),
+        deselect="not across_processes",
     ),
     "recognize": Group(("recognize.py",), ("tests/test_recognize.py", "tests/test_checking.py")),
 }
