@@ -436,3 +436,91 @@ def test_an_unwritable_output_folder_is_named(tmp_path: Path, monkeypatch) -> No
         OutputExistsError, match=f"^output folder {tmp_path} is not writable; choose another$"
     ):
         ckpt.check_output(tmp_path / "x.safetensors", False)
+
+
+def test_atomic_folder_replaces_the_old_folder_only_once_the_new_one_is_complete(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert ckpt.atomic_folder(out, lambda d: (d / "a.txt").write_text("one")) == out
+    assert [p.name for p in out.iterdir()] == ["a.txt"]
+
+    def half_then_fail(folder: Path) -> None:
+        (folder / "b.txt").write_text("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.atomic_folder(out, half_then_fail)
+    assert [p.name for p in out.iterdir()] == ["a.txt"] and (out / "a.txt").read_text() == "one"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary or old folder left
+    ckpt.atomic_folder(out, lambda d: (d / "c.txt").write_text("two"))
+    assert [p.name for p in out.iterdir()] == ["c.txt"] and [p.name for p in tmp_path.iterdir()] == ["out"]
+    stale = tmp_path / f".new.{os.getpid()}.tmp"
+    stale.mkdir()
+    (stale / "junk").write_text("x")  # left by an earlier failed run of this process
+    ckpt.atomic_folder(tmp_path / "new", lambda d: (d / "d.txt").write_text("three"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "out"]
+    assert [p.name for p in (tmp_path / "new").iterdir()] == ["d.txt"]
+
+
+def test_stale_temporary_files_of_dead_writers_go_and_those_of_live_ones_stay(tmp_path: Path) -> None:
+    live = subprocess.Popen(["sleep", "30"])
+    try:
+        (tmp_path / f".x.bin.{live.pid}.tmp").write_bytes(b"in progress")
+        (tmp_path / ".x.bin.999999999.tmp").write_bytes(b"half")  # no such process
+        (tmp_path / ".x.bin.notapid.tmp").write_bytes(b"?")
+        removed = ckpt.remove_stale_temps(tmp_path / "x.bin")
+        assert [p.name for p in removed] == [".x.bin.999999999.tmp"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == [f".x.bin.{live.pid}.tmp", ".x.bin.notapid.tmp"]
+        with pytest.raises(subprocess.TimeoutExpired):
+            live.wait(timeout=0.2)  # asking whether it lives sent it no signal
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_check_output_folder_names_each_problem(tmp_path: Path, monkeypatch) -> None:
+    where = re.escape(str(tmp_path))
+    with pytest.raises(OutputExistsError, match=rf"^output folder {where}/no does not exist; create it first$"):
+        ckpt.check_output_folder(tmp_path / "no" / "out", False)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(
+        OutputExistsError,
+        match=rf"^{where}/file is a file; a save_pretrained output is a folder, name a new one$",
+    ):
+        ckpt.check_output_folder(tmp_path / "file", True)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "config.json").write_text("{}")
+    with pytest.raises(
+        OutputExistsError,
+        match=rf"^{where}/full already exists; choose another path or pass force=True to replace$",
+    ):
+        ckpt.check_output_folder(tmp_path / "full", False)
+    assert ckpt.check_output_folder(tmp_path / "full", True) == tmp_path / "full"
+    (tmp_path / "empty").mkdir()
+    assert ckpt.check_output_folder(tmp_path / "empty", False) == tmp_path / "empty"  # empty: nothing lost
+    modes: list[int] = []
+    monkeypatch.setattr(io_files.os, "access", lambda path, mode: modes.append(mode) or False)
+    with pytest.raises(OutputExistsError, match=rf"^output folder {where} is not writable; choose another$"):
+        ckpt.check_output_folder(tmp_path / "new", False)
+    assert modes == [os.W_OK | os.X_OK]
+
+
+def test_integer_buffers_load_across_integer_widths_but_never_from_bool() -> None:
+    bn = nn.BatchNorm2d(2)
+    state = {k: v.clone() for k, v in bn.state_dict().items()}
+    state["num_batches_tracked"] = torch.tensor(7, dtype=torch.int32)  # written by another framework
+    ckpt.fit_state_dict(bn, state, "w.pt")
+    assert bn.num_batches_tracked.item() == 7 and bn.num_batches_tracked.dtype == torch.int64
+    state["num_batches_tracked"] = torch.tensor(True)
+    with pytest.raises(CheckpointError, match=r"stores num_batches_tracked as torch\.bool where the model"):
+        ckpt.fit_state_dict(bn, state, "w.pt")
+
+
+def test_the_unpicklers_reason_is_kept_without_torchs_advice() -> None:
+    from eqsurgeon.io.pth_file import _reason
+
+    advice = "Weights only load failed. Re-running `torch.load` with `weights_only` set to False ... "
+    assert _reason(RuntimeError(advice + "WeightsUnpickler error: Unsupported operand 103")) == (
+        "Unsupported operand 103"
+    )
+    assert _reason(RuntimeError("WeightsUnpickler error: a; error: b")) == "a; error: b"  # the first marker
+    assert _reason(RuntimeError("load failed with error: bad magic number")) == "bad magic number"
