@@ -479,7 +479,7 @@ def test_stale_temporary_files_of_dead_writers_go_and_those_of_live_ones_stay(tm
 
 def test_check_output_folder_names_each_problem(tmp_path: Path, monkeypatch) -> None:
     where = re.escape(str(tmp_path))
-    with pytest.raises(OutputExistsError, match=rf"^output folder {where}/no does not exist; create it first$"):
+    with pytest.raises(OutputExistsError, match=rf"^output folder {where}/no does not exist; create it"):
         ckpt.check_output_folder(tmp_path / "no" / "out", False)
     (tmp_path / "file").write_text("x")
     with pytest.raises(
