@@ -524,3 +524,77 @@ def test_the_unpicklers_reason_is_kept_without_torchs_advice() -> None:
     )
     assert _reason(RuntimeError("WeightsUnpickler error: a; error: b")) == "a; error: b"  # the first marker
     assert _reason(RuntimeError("load failed with error: bad magic number")) == "bad magic number"
+
+
+def test_a_refused_pickle_names_only_the_globals_outside_the_allowlist(tmp_path: Path) -> None:
+    import numpy as np
+
+    marker = tmp_path / "payload-ran"
+    payload = {"w": torch.ones(2), "arr": np.zeros(2), "evil": _MakesAFolder(marker)}  # numpy is allowed
+    torch.save(payload, tmp_path / "evil.pth")
+    with pytest.raises(CheckpointError) as err:
+        ckpt.read_state_dict(tmp_path / "evil.pth")
+    assert str(err.value) == (
+        f"{tmp_path / 'evil.pth'} cannot be loaded with weights_only=True: it pickles posix.mkdir, and "
+        "eqsurgeon never runs code from a checkpoint. Save the weights with "
+        "torch.save(model.state_dict(), path), or convert them to .safetensors"
+    )
+    assert not marker.exists()
+
+
+def test_state_dict_lookup_names_what_the_file_holds(tmp_path: Path) -> None:
+    from eqsurgeon.io.pth_file import find_state_dict, meta_of
+
+    path = Path("x.pth")
+    with pytest.raises(CheckpointError) as err:
+        find_state_dict([torch.ones(1)], None, path)
+    assert str(err.value) == (
+        "x.pth holds no state dict of tensors: its top-level keys are list; "
+        "pass checkpoint_key=NAME to name the entry that holds the weights"
+    )
+    with pytest.raises(CheckpointError) as err:
+        find_state_dict({}, None, path)
+    assert "its top-level keys are none; pass" in str(err.value)  # not an empty list
+    with pytest.raises(CheckpointError) as err:
+        find_state_dict({"meta": {}, "model": {"w": torch.ones(1)}}, "ema", path)
+    assert str(err.value) == (
+        "x.pth has no entry 'ema'; its top-level keys are meta, model; "
+        "pass checkpoint_key=NAME with one of them"
+    )
+    with pytest.raises(CheckpointError) as err:
+        find_state_dict({"meta": {"epoch": 1}, "model": {"w": torch.ones(1)}}, "meta", path)
+    assert str(err.value) == (
+        "x.pth's entry 'meta' is not a state dict of tensors; its top-level keys are meta, model"
+    )
+    plain = {"w": torch.ones(1)}
+    assert find_state_dict(plain, None, path) == plain
+    assert meta_of([1]) is None and meta_of({"meta": {"a": 1}}) == {"a": 1} and meta_of({"meta": 3}) is None
+
+
+def test_write_pth_checks_its_output_first(tmp_path: Path) -> None:
+    from eqsurgeon.io.pth_file import write_pth
+
+    path = write_pth(tmp_path / "a.pth", {"w": torch.ones(2)}, None, {"epoch": 1})
+    with pytest.raises(OutputExistsError, match=r"a\.pth already exists"):
+        write_pth(path, {"w": torch.zeros(2)}, None)
+    assert torch.equal(ckpt.read_state_dict(path)[0]["w"], torch.ones(2))
+    write_pth(path, {"w": torch.zeros(2)}, None, force=True)
+    assert torch.equal(ckpt.read_state_dict(path)[0]["w"], torch.zeros(2))
+    with pytest.raises(OutputExistsError, match=r"b\.bin must end in \.pth or \.pt$"):
+        write_pth(tmp_path / "b.bin", {"w": torch.ones(2)}, None)
+
+
+def test_a_record_for_other_sites_names_the_file_and_the_layer() -> None:
+    from eqsurgeon.io import check_record_fits
+    from eqsurgeon.records import FusionSite, Subject
+
+    site = FusionSite("1", "conv2d", 1, (Subject((0, 2), "a"), Subject((2, 4), "b")))
+    with pytest.raises(CheckpointError) as err:
+        check_record_fits(_meta(), [site], "w.safetensors")
+    assert str(err.value) == (
+        "the calibration record in w.safetensors does not match the model: it equalized 0, which is no "
+        "fusion site of the model; pass the model the weights were calibrated for"
+    )
+    other = FusionSite("0", "conv2d", 1, (Subject((0, 1), "a"), Subject((1, 4), "b")))
+    with pytest.raises(CheckpointError, match=r"^the calibration record in w\.safetensors does not match"):
+        check_record_fits(_meta(), [other], "w.safetensors")
