@@ -526,19 +526,29 @@ def test_the_unpicklers_reason_is_kept_without_torchs_advice() -> None:
     assert _reason(RuntimeError("load failed with error: bad magic number")) == "bad magic number"
 
 
+class _AsksTheFolder:
+    """A second pickled call, harmless: ``os.getcwd()``."""
+
+    def __reduce__(self) -> tuple:
+        return (os.getcwd, ())
+
+
 def test_a_refused_pickle_names_only_the_globals_outside_the_allowlist(tmp_path: Path) -> None:
     import numpy as np
 
     marker = tmp_path / "payload-ran"
-    payload = {"w": torch.ones(2), "arr": np.zeros(2), "evil": _MakesAFolder(marker)}  # numpy is allowed
-    torch.save(payload, tmp_path / "evil.pth")
+    payload = {"w": torch.ones(2), "arr": np.zeros(2), "evil": _MakesAFolder(marker), "cwd": _AsksTheFolder()}
+    torch.save(payload, tmp_path / "evil.pth")  # numpy arrays are allowed
     with pytest.raises(CheckpointError) as err:
         ckpt.read_state_dict(tmp_path / "evil.pth")
-    assert str(err.value) == (
-        f"{tmp_path / 'evil.pth'} cannot be loaded with weights_only=True: it pickles posix.mkdir, and "
-        "eqsurgeon never runs code from a checkpoint. Save the weights with "
+    head = f"{tmp_path / 'evil.pth'} cannot be loaded with weights_only=True: it pickles "
+    tail = (
+        ", and eqsurgeon never runs code from a checkpoint. Save the weights with "
         "torch.save(model.state_dict(), path), or convert them to .safetensors"
     )
+    message = str(err.value)
+    assert message.startswith(head) and message.endswith(tail)
+    assert sorted(message[len(head) : -len(tail)].split(", ")) == ["posix.getcwd", "posix.mkdir"]
     assert not marker.exists()
 
 
