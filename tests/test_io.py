@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import subprocess
@@ -352,6 +353,9 @@ def test_error_messages_name_the_problem_the_cause_and_the_fix(tmp_path: Path) -
         r"check that it is a PyTorch checkpoint, or convert it to \.safetensors",
         str(err.value),
     ), str(err.value)
+    from eqsurgeon.io.pth_file import _reason
+
+    assert f"({_reason(err.value.__cause__)})" in str(err.value)
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
     with pytest.raises(CheckpointError) as err:
@@ -523,6 +527,10 @@ def test_the_unpicklers_reason_is_kept_without_torchs_advice() -> None:
         "Unsupported operand 103"
     )
     assert _reason(RuntimeError("WeightsUnpickler error: a; error: b")) == "a; error: b"  # the first marker
+    twice = "WeightsUnpickler error: a WeightsUnpickler error: b"
+    assert _reason(RuntimeError(twice)) == "a WeightsUnpickler error: b"  # split at the first one only
+    advice = "Weights only load failed (an error: see below). WeightsUnpickler error: Unsupported global"
+    assert _reason(RuntimeError(advice)) == "Unsupported global"  # the unpickler's marker before "error:"
     assert _reason(RuntimeError("load failed with error: bad magic number")) == "bad magic number"
 
 
@@ -608,3 +616,103 @@ def test_a_record_for_other_sites_names_the_file_and_the_layer() -> None:
     other = FusionSite("0", "conv2d", 1, (Subject((0, 1), "a"), Subject((1, 4), "b")))
     with pytest.raises(CheckpointError, match=r"^the calibration record in w\.safetensors does not match"):
         check_record_fits(_meta(), [other], "w.safetensors")
+
+
+class _Harmless:
+    """A pickled call of a harmless function, ``fn()``."""
+
+    def __init__(self, fn: object) -> None:
+        self.fn = fn
+
+    def __reduce__(self) -> tuple:
+        return (self.fn, ())
+
+
+def test_a_refused_pickle_lists_at_most_four_globals(tmp_path: Path) -> None:
+    import time
+
+    payload = {"w": torch.ones(1)}
+    payload.update({f"g{i}": _Harmless(fn) for i, fn in enumerate([os.getcwd, os.getpid, os.cpu_count,
+                                                                    os.getuid, time.time])})  # fmt: skip
+    torch.save(payload, tmp_path / "five.pth")
+    with pytest.raises(CheckpointError) as err:
+        ckpt.read_state_dict(tmp_path / "five.pth")
+    listed = str(err.value).split("it pickles ")[1].split(", and eqsurgeon")[0].split(", ")
+    assert len(listed) == 4 and set(listed) < {"posix.getcwd", "posix.getpid", "posix.cpu_count",
+                                               "posix.getuid", "time.time"}  # fmt: skip
+
+
+def test_a_temporary_file_of_another_users_process_is_left_alone(tmp_path: Path, monkeypatch) -> None:
+    def not_yours(pid: int, signal: int) -> None:
+        raise PermissionError(1, "Operation not permitted")  # tests run as root, where os.kill never says it
+
+    monkeypatch.setattr(io_files.os, "kill", not_yours)
+    (tmp_path / ".x.bin.4242.tmp").write_bytes(b"theirs")
+    assert ckpt.remove_stale_temps(tmp_path / "x.bin") == []
+    assert (tmp_path / ".x.bin.4242.tmp").exists()
+
+
+def test_atomic_folder_puts_the_old_folder_back_when_the_last_rename_fails(tmp_path: Path, monkeypatch):
+    import shutil
+
+    out = tmp_path / "out"
+    ckpt.atomic_folder(out, lambda d: (d / "a.txt").write_text("one"))
+    real = os.replace
+    calls: list[tuple[str, str]] = []
+
+    def second_fails(src: object, dst: object) -> None:
+        calls.append((Path(src).name, Path(dst).name))
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real(src, dst)
+
+    monkeypatch.setattr(io_files.os, "replace", second_fails)
+    with pytest.raises(OSError, match="No space left on device"):
+        ckpt.atomic_folder(out, lambda d: (d / "b.txt").write_text("two"))
+    monkeypatch.undo()
+    assert [p.name for p in out.iterdir()] == ["a.txt"] and [p.name for p in tmp_path.iterdir()] == ["out"]
+    pid = os.getpid()
+    assert calls == [("out", f".out.{pid}.old"), (f".out.{pid}.tmp", "out"), (f".out.{pid}.old", "out")]
+
+    def removes_its_folder_then_fails(folder: Path) -> None:
+        shutil.rmtree(folder)
+        raise ValueError("fill failed")
+
+    with pytest.raises(ValueError, match="fill failed"):  # not a FileNotFoundError from the clean-up
+        ckpt.atomic_folder(out, removes_its_folder_then_fails)
+
+
+def test_tensors_that_loading_would_damage_are_refused_with_the_whole_line() -> None:
+    net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    good = {k: v.clone() for k, v in net.state_dict().items()}
+    half = {**good, "0.weight": good["0.weight"].half()}
+    ckpt.fit_state_dict(net, half, "w.pt")  # float16 into float32: exact, allowed
+    with pytest.raises(CheckpointError) as err:
+        ckpt.fit_state_dict(net, {**good, "0.weight": torch.ones(2, 2, dtype=torch.int64)}, "w.pt")
+    assert str(err.value) == (
+        "checkpoint w.pt stores 0.weight as torch.int64 where the model holds torch.float32; "
+        "loading would cast it silently: save the weights as floating point"
+    )
+    nan = {k: (v.fill_(math.nan) if v.is_floating_point() else v) for k, v in
+           ((k, v.clone()) for k, v in good.items())}  # fmt: skip
+    with pytest.raises(CheckpointError) as err:
+        ckpt.fit_state_dict(net, nan, "w.pt")
+    assert str(err.value) == (
+        "checkpoint w.pt holds NaN or infinite values in 6 tensor(s) (e.g. 0.weight, 0.bias, 1.weight); "
+        "it comes from a diverged or damaged run: use an earlier checkpoint"
+    )
+    inf_buffer = {**good, "1.running_var": torch.full((2,), math.inf)}
+    ckpt.fit_state_dict(net, inf_buffer, "w.pt")  # a buffer may hold inf on purpose
+    with pytest.raises(CheckpointError, match=r"in 1 tensor\(s\) \(e\.g\. 0\.bias\)"):
+        ckpt.fit_state_dict(net, {**good, "0.bias": torch.tensor([math.inf, 0.0])}, "w.pt")
+    complex_nan = {"w": torch.tensor([complex(math.nan, 0.0)])}
+    with pytest.raises(CheckpointError, match="NaN or infinite"):
+        ckpt.check_tensors(complex_nan, {"w": torch.zeros(1, dtype=torch.complex64)}, "c.pt")
+
+
+def test_load_reads_the_named_entry_of_a_pickled_checkpoint(tmp_path: Path) -> None:
+    net = nn.Linear(2, 1)
+    ema = {k: torch.full_like(v, 0.5) for k, v in net.state_dict().items()}
+    torch.save({"state_dict": net.state_dict(), "state_dict_ema": ema}, tmp_path / "c.pth")
+    loaded = load(nn.Linear(2, 1), tmp_path / "c.pth", checkpoint_key="state_dict_ema")
+    assert torch.equal(loaded.weight, torch.full((1, 2), 0.5))
