@@ -720,3 +720,52 @@ def test_load_reads_the_named_entry_of_a_pickled_checkpoint(tmp_path: Path) -> N
     torch.save({"state_dict": net.state_dict(), "state_dict_ema": ema}, tmp_path / "c.pth")
     loaded = load(nn.Linear(2, 1), tmp_path / "c.pth", checkpoint_key="state_dict_ema")
     assert torch.equal(loaded.weight, torch.full((1, 2), 0.5))
+
+
+def test_a_record_for_other_layers_is_refused_before_loading_with_the_file_named(tmp_path: Path) -> None:
+    from eqsurgeon.equalize import EqualizedInput, InputStat
+    from eqsurgeon.io import check_record_layers
+
+    def record(layer: str, op: str, top: int, groups: int = 1, inputs: bool = True) -> CalibrationRecord:
+        ins = (InputRecord((0, 2), 0.0, 1.0, 1.0), InputRecord((2, top), 0.0, 1.0, 1.0)) if inputs else ()
+        return CalibrationRecord("m", "fold", "eval", 1, "", sites=(SiteRecord(layer, op, groups, 1, "ok",
+                                                                               inputs=ins),))  # fmt: skip
+
+    def refused(model: nn.Module, rec: CalibrationRecord) -> str:
+        with pytest.raises(CheckpointError) as err:
+            check_record_layers(model, rec, "w.pth")
+        head = "the calibration record in w.pth does not match the model: "
+        tail = "; pass the model the weights were calibrated for"
+        assert str(err.value).startswith(head) and str(err.value).endswith(tail)
+        return str(err.value)[len(head) : -len(tail)]
+
+    net = nn.Sequential(nn.Conv2d(4, 2, 1), nn.ReLU(), nn.Linear(6, 2), nn.ConvTranspose2d(5, 2, 2))
+    assert refused(net, record("9", "conv2d", 4)) == "it equalized layer 9, which the model lacks"
+    assert refused(net, record("1", "conv2d", 4)) == "it equalized 1, which has no weight in this model"
+    assert refused(net, record("0", "conv2d", 5)) == "it equalized channels up to 5 of 0, which takes 4"
+    assert refused(net, record("2", "linear", 7)) == "it equalized channels up to 7 of 2, which takes 6"
+    assert refused(net, record("3", "conv_transpose2d", 6)) == (
+        "it equalized channels up to 6 of 3, which takes 5"
+    )
+    for ok in (record("0", "conv2d", 4), record("2", "linear", 6), record("3", "conv_transpose2d", 5),
+               record("0", "conv2d", 4, inputs=False)):  # fmt: skip
+        check_record_layers(net, ok, "w.pth")
+    grouped = nn.Sequential(nn.Conv2d(8, 4, 1, groups=2))  # weight [4, 4, 1, 1]: 4 per group, 8 in all
+    check_record_layers(grouped, record("0", "conv2d", 8, groups=2), "w.pth")
+    wrapped = nn.Sequential(EqualizedInput(nn.Conv2d(4, 2, 1), [InputStat((0, 4), 0.0, 1.0)]))
+    check_record_layers(wrapped, record("0", "conv2d", 4), "w.pth")  # the wrapped layer's weight counts
+    path = save_checkpoint(tmp_path / "w.safetensors", net.state_dict(), record("9", "conv2d", 4))
+    with pytest.raises(CheckpointError, match=rf"^the calibration record in {re.escape(str(path))} does not"):
+        load(net, path)
+
+
+def test_a_record_value_that_is_no_object_is_a_malformed_record_of_the_checkpoint() -> None:
+    from eqsurgeon.io import record_from_value
+
+    with pytest.raises(CheckpointError) as err:
+        record_from_value(5)
+    assert str(err.value) == (
+        "the checkpoint has a malformed eqsurgeon record (it is a int, not a JSON object); "
+        "recalibrate from the original weights"
+    )
+    assert record_from_value(None) is None
