@@ -139,7 +139,11 @@ def run_group(name: str, group: Group, max_children: int) -> None:
 
 
 def report(names: list[str]) -> int:
-    """Print the score per module and the survivors; exit status 0 when every module was run."""
+    """Print the score per module and the survivors; exit status 0 when every module was run.
+
+    The score is killed / mutants run; ``with justified`` also counts the survivors that
+    ``docs/mutation.md`` names (in backquotes) as equivalent or harmless.
+    """
     justified = JUSTIFIED.read_text() if JUSTIFIED.exists() else ""
     rows, survivors, missing = [], [], []
     for name in names:
@@ -152,19 +156,24 @@ def report(names: list[str]) -> int:
             killed = sum(c in KILLED for c in codes.values())
             alive = sorted(k for k, c in codes.items() if c == SURVIVED or c in NO_TESTS)
             pending = sum(c is None for c in codes.values())
-            rows.append((module, len(codes) - pending, killed, pending))
-            survivors += [(name, module, k, codes[k] in NO_TESTS, k in justified) for k in alive]
-    print(f"\n{'module':<24} {'mutants':>8} {'killed':>7} {'score':>7}")
-    for module, total, killed, pending in rows:
+            ok = sum(f"`{k}`" in justified for k in alive)
+            rows.append((module, len(codes) - pending, killed, ok, pending))
+            survivors += [(name, module, k, codes[k] in NO_TESTS, f"`{k}`" in justified) for k in alive]
+    print(f"\n{'module':<24} {'mutants':>8} {'killed':>7} {'score':>7} {'with justified':>15}")
+    for module, total, killed, ok, pending in rows:
         note = f"  ({pending} not run)" if pending else ""
-        print(f"{module:<24} {total:>8} {killed:>7} {_pct(killed, total):>7}{note}")
-    total, killed = sum(r[1] for r in rows), sum(r[2] for r in rows)
-    print(f"{'core':<24} {total:>8} {killed:>7} {_pct(killed, total):>7}")
+        scores = f"{_pct(killed, total):>7} {_pct(killed + ok, total):>15}"
+        print(f"{module:<24} {total:>8} {killed:>7} {scores}{note}")
+    total, killed, ok = (sum(r[i] for r in rows) for i in (1, 2, 3))
+    pending = sum(r[4] for r in rows)
+    print(f"{'core':<24} {total:>8} {killed:>7} {_pct(killed, total):>7} {_pct(killed + ok, total):>15}")
+    if pending:
+        print(f"not run: {pending} mutants of the modules above")
     if missing:
         print(f"not run yet: {', '.join(missing)}")
     print(f"\nsurvivors ({len(survivors)}; justified in docs/mutation.md: {sum(s[4] for s in survivors)})")
-    for group, module, key, untested, ok in survivors:
-        tag = "justified" if ok else ("no test reaches it" if untested else "survived")
+    for group, module, key, untested, is_ok in survivors:
+        tag = "justified" if is_ok else ("no test reaches it" if untested else "survived")
         print(f"  {key}  [{tag}]\n      {_change(WORK / group, module, key)}")
     return 1 if missing else 0
 
