@@ -769,3 +769,57 @@ def test_a_record_value_that_is_no_object_is_a_malformed_record_of_the_checkpoin
         "recalibrate from the original weights"
     )
     assert record_from_value(None) is None
+
+
+def test_atomic_write_names_the_output_in_the_os_errors_of_its_temporary_file(tmp_path: Path, monkeypatch):
+    out = tmp_path / "a.bin"
+
+    def cross_device(src: object, dst: object) -> None:
+        raise OSError(18, "Invalid cross-device link", str(src), str(dst))
+
+    monkeypatch.setattr(io_files.os, "replace", cross_device)
+    with pytest.raises(OSError) as err:
+        ckpt.atomic_write(out, lambda f: f.write(b"x"))
+    assert (err.value.errno, err.value.filename) == (18, str(out))
+    assert err.value.strerror == "Invalid cross-device link"
+    monkeypatch.undo()
+    monkeypatch.setattr(io_files.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError("disk gone")))
+    with pytest.raises(OSError) as err:
+        ckpt.atomic_write(out, lambda f: f.write(b"x"))
+    assert (err.value.strerror, err.value.filename) == ("disk gone", str(out))
+    monkeypatch.undo()
+    elsewhere = OSError(13, "Permission denied", "/elsewhere/log")
+    with pytest.raises(OSError) as err:  # an error about another file is passed on as it is
+        ckpt.atomic_write(out, lambda f: (_ for _ in ()).throw(elsewhere))
+    assert err.value is elsewhere and list(tmp_path.iterdir()) == []
+
+
+def test_an_interrupt_before_the_temporary_file_exists_stays_an_interrupt(tmp_path: Path, monkeypatch):
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(io_files, "open", interrupted, raising=False)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.atomic_write(tmp_path / "a.bin", lambda f: f.write(b"x"))
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="fill failed"):  # a first folder: nothing to put back
+        ckpt.atomic_folder(tmp_path / "new", lambda d: (_ for _ in ()).throw(ValueError("fill failed")))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stale_temporary_file_removed_meanwhile_is_no_error(tmp_path: Path, monkeypatch) -> None:
+    stale = tmp_path / ".x.bin.999999999.tmp"
+    stale.write_bytes(b"half")
+    monkeypatch.setattr(io_files, "_alive", lambda pid: stale.unlink() or False)  # another run was first
+    assert ckpt.remove_stale_temps(tmp_path / "x.bin") == [stale]
+
+
+def test_check_output_refuses_a_file_as_its_folder_and_asks_for_write_and_search(tmp_path, monkeypatch):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(OutputExistsError) as err:
+        ckpt.check_output(tmp_path / "f" / "x.safetensors", False)
+    assert str(err.value) == f"{tmp_path / 'f'} is a file, not a folder; choose another path"
+    modes: list[int] = []
+    monkeypatch.setattr(io_files.os, "access", lambda path, mode: modes.append(mode) or True)
+    ckpt.check_output(tmp_path / "x.safetensors", False)
+    assert modes == [os.W_OK | os.X_OK]
