@@ -221,3 +221,24 @@ def test_a_weight_shared_with_a_functional_call_counts_as_a_second_run(frontend)
     found = sites(_SharedWeight(), frontend)
     ok = [s for s in found if s.layer == "fuse"]
     assert ok and all(s.status == "skipped" and "runs 2 times" in s.reason for s in ok)
+
+
+class _KeywordCatToOddSize(torch.nn.Module):
+    """``torch.cat(tensors=..., dim=...)`` by keyword, of a map upsampled to a size 10/3 times its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 2, 1)
+        self.b = torch.nn.Conv2d(3, 2, 3, stride=3)
+        self.fuse = torch.nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        up = torch.nn.functional.interpolate(self.b(x), size=x.shape[-2:], mode="nearest")
+        return self.fuse(torch.cat(tensors=[self.a(x), up], dim=1))
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_a_keyword_concat_and_a_non_integer_factor_rounded_to_four_places(frontend):
+    (site,) = find_sites(_KeywordCatToOddSize(), torch.randn(2, 3, 10, 10), frontend)
+    assert site.status == "ok"
+    assert layout(site) == [((0, 2), None), ((2, 4), Upsample("nearest", (3.3333, 3.3333), None))]
