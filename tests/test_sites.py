@@ -242,3 +242,12 @@ def test_a_keyword_concat_and_a_non_integer_factor_rounded_to_four_places(fronte
     (site,) = find_sites(_KeywordCatToOddSize(), torch.randn(2, 3, 10, 10), frontend)
     assert site.status == "ok"
     assert layout(site) == [((0, 2), None), ((2, 4), Upsample("nearest", (3.3333, 3.3333), None))]
+
+
+def test_module_paths_from_either_frontend_read_as_qualified_names():
+    from eqsurgeon.graph_ops import clean_path
+
+    assert clean_path("L['self'].decode_head._modules['0']") == "decode_head.0"
+    assert clean_path("L['self']") == ""
+    assert clean_path("head._modules['fuse']._modules['1']") == "head.fuse.1"
+    assert clean_path("plain.name") == "plain.name"
