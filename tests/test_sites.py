@@ -251,3 +251,41 @@ def test_module_paths_from_either_frontend_read_as_qualified_names():
     assert clean_path("L['self']") == ""
     assert clean_path("head._modules['fuse']._modules['1']") == "head.fuse.1"
     assert clean_path("plain.name") == "plain.name"
+
+
+class _StackSumMerge(torch.nn.Module):
+    """smp's FPN merge: ``torch.stack([...]).sum(0)`` of a lateral map and upsampled ones (an add site)."""
+
+    def __init__(self, spelling: str) -> None:
+        super().__init__()
+        self.spelling = spelling
+        self.lateral = torch.nn.Conv2d(3, 4, 1)
+        self.top = torch.nn.Conv2d(3, 4, 1)
+        self.out = torch.nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        up = torch.nn.functional.interpolate(self.top(torch.nn.functional.avg_pool2d(x, 2)), scale_factor=2.0)
+        parts = [self.lateral(x), up]
+        if self.spelling == "method":
+            merged = torch.stack(parts).sum(0)
+        elif self.spelling == "keywords":
+            merged = torch.sum(torch.stack(tensors=parts, dim=0), dim=0)
+        else:  # summed over another dim, or stacked on another: not a merge of the parts
+            merged = torch.stack(parts, dim=1).sum(1)
+        return self.out(merged)
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+@pytest.mark.parametrize("spelling", ["method", "keywords"])
+def test_a_stack_sum_merge_is_an_add_site_of_its_parts(frontend, spelling):
+    model = _StackSumMerge(spelling)
+    findings = find(capture(model, torch.randn(2, 3, 16, 16), frontend), model)
+    (add,) = findings.add_sites
+    assert [s.source for s in add.inputs] == ["lateral", "top"]
+    assert [s.upsample for s in add.inputs] == [None, Upsample("nearest", (2.0, 2.0), None)]
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_a_stack_summed_over_another_dim_is_no_add_site(frontend):
+    model = _StackSumMerge("other")
+    assert find(capture(model, torch.randn(2, 3, 16, 16), frontend), model).add_sites == ()
