@@ -289,3 +289,33 @@ def test_a_stack_sum_merge_is_an_add_site_of_its_parts(frontend, spelling):
 def test_a_stack_summed_over_another_dim_is_no_add_site(frontend):
     model = _StackSumMerge("other")
     assert find(capture(model, torch.randn(2, 3, 16, 16), frontend), model).add_sites == ()
+
+
+class _Spellings(torch.nn.Module):
+    """F.interpolate with align_corners by keyword and mode by position, and F.upsample_bilinear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 2, 1)
+        self.b = torch.nn.Conv2d(3, 2, 1, stride=2)
+        self.c = torch.nn.Conv2d(3, 2, 1, stride=2)
+        self.d = torch.nn.Conv2d(3, 2, 1, stride=2)
+        self.fuse = torch.nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = torch.nn.functional
+        b = f.interpolate(self.b(x), scale_factor=2.0, mode="bilinear", align_corners=True)
+        c = f.interpolate(self.c(x), None, 2.0, "bicubic")
+        d = f.upsample_bilinear(self.d(x), scale_factor=2)
+        return self.fuse(torch.cat([self.a(x), b, c, d], 1))
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_align_corners_by_keyword_mode_by_position_and_upsample_bilinear(frontend):
+    (site,) = sites(_Spellings(), frontend, size=16)
+    assert [s.upsample for s in site.subjects] == [
+        None,
+        Upsample("bilinear", (2.0, 2.0), True),
+        Upsample("bicubic", (2.0, 2.0), False),
+        Upsample("bilinear", (2.0, 2.0), True),  # F.upsample_bilinear aligns corners
+    ]
