@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO := demo-out
 
-.PHONY: demo test test-fast test-parity lint bench clean
+.PHONY: demo test test-fast test-parity lint bench mutate clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,7 +38,7 @@ test-parity: $(PARITY_STAMP)
 	$(PARITY_PY) -m pytest -m parity tests/test_parity_*.py tests/test_mmseg_convert.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check eqsurgeon tests fixtures benchmarks
+	$(VENV)/bin/ruff check eqsurgeon tests fixtures benchmarks tools
 
 # The main job on a bundled default: synthetic data → analyze → calibrate → check → train → eval (CPU, minutes).
 EQ := $(VENV)/bin/eqsurgeon
@@ -57,5 +57,12 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_calibrate.py
 	$(PY) benchmarks/bench_train.py
 
+# Mutation testing of the surgery core (mutmut, in .mutate/): the score per module and the survivors
+# (docs/mutation.md). Not part of `make test` or CI. Niced: it is hours of CPU on a shared 2-core machine.
+# Some groups only: make mutate GROUPS="checking measure"; the last report: $(PY) tools/mutate.py --report
+mutate: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,mutate]'
+	nice -n 19 $(PY) tools/mutate.py $(GROUPS)
+
 clean:
-	rm -rf $(DEMO) .pytest_cache
+	rm -rf $(DEMO) .pytest_cache .mutate

@@ -161,3 +161,17 @@ def test_sampler_resumes_mid_epoch_and_shards_ranks() -> None:
     epoch0 = {i for _, i in [next(rank0) for _ in range(5)]} | {i for e, i in stream if e == 0}
     assert epoch0 == set(range(10))  # the two ranks split each epoch
     assert shard_indices(5, 0, 2) + shard_indices(5, 1, 2) == [0, 2, 4, 1, 3]
+
+
+def test_ranks_take_strided_positions_of_each_epoch_permutation() -> None:
+    """MMSeg's layout: rank r reads positions r, r + world, ... of the epoch's permutation, and the
+    remainder (size mod world) is left out of the epoch."""
+    ordered = [iter(InfiniteSampler(10, seed=0, rank=r, world=3, shuffle=False)) for r in range(3)]
+    taken = [[next(s) for _ in range(4)] for s in ordered]
+    assert taken[0] == [(0, 0), (0, 3), (0, 6), (1, 0)]
+    assert taken[2] == [(0, 2), (0, 5), (0, 8), (1, 2)]  # index 9 is in no rank's epoch
+    shuffled = [iter(InfiniteSampler(10, seed=4, rank=r, world=3)) for r in range(3)]
+    epoch0 = [[next(s)[1] for _ in range(3)] for s in shuffled]
+    single = iter(InfiniteSampler(10, seed=4))  # one process reads the same permutation in order
+    assert [epoch0[r][k] for k in range(3) for r in range(3)] == [next(single)[1] for _ in range(9)]
+    assert [next(s)[0] for s in shuffled] == [1, 1, 1]  # a new epoch after len // world samples

@@ -7,14 +7,20 @@ import torch
 from torch import nn
 
 from eqsurgeon.measure import (
+    MeasureState,
     MomentHooks,
+    PassOptions,
+    StopRule,
     batch_moments,
+    ddp_reduce,
     measure,
+    measure_until,
     measuring_mode,
+    merge_moments,
     resolve_bn_mode,
 )
 from eqsurgeon.measure.hooks import _low_precision_moments
-from eqsurgeon.records import FusionSite, Subject
+from eqsurgeon.records import FusionSite, Moments, Subject
 from eqsurgeon.sites import find_sites
 from fixtures.models import iid_pyramid
 
@@ -171,3 +177,251 @@ def test_statistics_match_theory_for_iid_upsampled_maps():
     for m, r in zip(moments[1:], (2, 4, 8)):
         expected = RELU_VAR * ((4 * r * r - 1) / (6 * r * r)) ** 2
         assert m.var == pytest.approx(expected, rel=0.05), (r, m.var, expected)
+
+
+def _image_level_batches(count: int = 40, seed: int = 0) -> list[torch.Tensor]:
+    """Batches of two 8×8 one-channel images whose level varies from image to image (σ's standard error
+    falls slowly, as for a pyramid-pooling branch)."""
+    gen = torch.Generator().manual_seed(seed)
+    return [
+        torch.randn(2, 1, 1, 1, generator=gen) + 0.5 * torch.randn(2, 1, 8, 8, generator=gen)
+        for _ in range(count)
+    ]
+
+
+def test_stop_rule_stops_on_the_95_percent_bound_not_on_the_point_estimate():
+    conv = nn.Conv2d(1, 1, 1)
+    batches = _image_level_batches()
+    bounds: list[float] = []
+    options = PassOptions(progress=lambda images, bound: bounds.append(bound))
+    (m,), images, mode = measure_until(conv, _site(1), batches, StopRule(0.1, min_batches=8), options)
+    used = images // 2
+    assert mode == "eval" and images == 2 * len(bounds) == 2 * m.batches
+    assert m.std_rel_se_bound < 0.1 and bounds[-1] == m.std_rel_se_bound
+    assert all(b >= 0.1 for b in bounds[:-1])  # it stopped at the first batch whose bound is below
+    assert m == measure(conv, [_site(1)], batches[:used]).moments[""][0]
+    # The point estimate was below the tolerance from the 8th batch on: a rule on it stops 20 batches early.
+    early = measure(conv, [_site(1)], batches[:8]).moments[""][0]
+    assert early.std_rel_se < 0.1 <= early.std_rel_se_bound and used > 20
+
+
+def test_stop_rule_counts_min_batches_and_max_images_inclusively():
+    sure = Moments(100, 0.0, 1.0, 8, 1e-6)  # bound far below any tolerance
+    rule = StopRule(0.01, min_batches=8, max_images=40)
+    assert rule.done((sure,), 16)
+    assert not rule.done((sure, Moments(100, 0.0, 1.0, 7, 1e-6)), 16)  # one input has too few batches
+    assert not rule.done((Moments(100, 0.0, 1.0, 8, 0.008),), 16)  # 0.008 < 0.01, but its bound is 0.0144
+    assert rule.done((Moments(100, 0.0, 1.0, 8, 0.008),), 40)  # the image cap stops it anyway
+    assert not rule.done((Moments(100, 0.0, 1.0, 8, 0.008),), 39)
+    assert not StopRule(0.01, min_batches=8).done((), 10**9)  # no moments yet: nothing has converged
+
+
+class _PooledBranch(nn.Module):
+    """A pyramid-pooling branch (pool to 1×1 → conv → BN) upsampled and fused: BN on batch statistics
+    cannot normalize one image."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 1)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.ReLU())
+        self.fuse = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = nn.functional.interpolate(self.pool(x), size=x.shape[-2:], mode="bilinear")
+        return self.fuse(torch.cat([self.a(x), p], 1))
+
+
+@pytest.mark.parametrize(("bn_mode", "images", "measured"), [("batch", 8, 4), ("eval", 9, 5)])
+def test_a_one_image_last_batch_is_skipped_under_batch_statistics(bn_mode, images, measured):
+    torch.manual_seed(0)
+    model = _PooledBranch()
+    gen = torch.Generator().manual_seed(1)
+    batches = [torch.randn(n, 3, 8, 8, generator=gen) for n in (2, 2, 2, 2, 1)]
+    site = FusionSite("fuse", "conv2d", 1, (Subject((0, 4), "a"), Subject((4, 8), "pool")))
+    moments, seen, mode = measure_until(model, site, batches, StopRule(1e-9), PassOptions(bn_mode=bn_mode))
+    assert (mode, seen) == (bn_mode, images)
+    assert [m.batches for m in moments] == [measured] * 2
+    with pytest.raises(ValueError, match="more than 1 value per channel"), measuring_mode(model, "batch"):
+        model(batches[-1])  # what the skipped batch would have done
+
+
+@pytest.mark.parametrize(("bn_mode", "images", "measured"), [("batch", 8, 4), ("eval", 9, 5)])
+def test_measure_skips_a_one_image_last_batch_under_batch_statistics(bn_mode, images, measured):
+    torch.manual_seed(0)
+    model = _PooledBranch()
+    gen = torch.Generator().manual_seed(1)
+    batches = [torch.randn(n, 3, 8, 8, generator=gen) for n in (2, 2, 2, 2, 1)]
+    site = FusionSite("fuse", "conv2d", 1, (Subject((0, 4), "a"), Subject((4, 8), "pool")))
+    result = measure(model, [site], batches, bn_mode=bn_mode)
+    assert (result.bn_mode, result.images) == (bn_mode, images)
+    assert [m.batches for m in result.moments["fuse"]] == [measured] * 2
+
+
+def test_pooled_standard_error_weights_ranks_by_batches():
+    a, b = Moments(40, 1.0, 2.0, 2, 0.2), Moments(60, 1.0, 2.0, 6, 0.1)  # counts not in proportion
+    # sqrt((2·0.2)² + (6·0.1)²) / 8: each rank's relative error, weighted by its share of the batches
+    assert merge_moments([a, b]).std_rel_se == pytest.approx(math.sqrt(0.4**2 + 0.6**2) / 8, rel=1e-12)
+    assert merge_moments([a, a]).std_rel_se == pytest.approx(0.2 / math.sqrt(2), rel=1e-12)
+    assert merge_moments([a]).std_rel_se == pytest.approx(0.2, rel=1e-12)
+    assert merge_moments([a, Moments(40, 1.0, 2.0, 1)]).std_rel_se == math.inf  # one rank has no estimate
+    assert merge_moments([Moments(0, math.nan, math.nan, 0), a]) == merge_moments([a])  # an idle rank
+
+
+def test_pooled_standard_error_matches_one_process_measuring_everything():
+    """Two ranks measure alternate batches; their pooled σ standard error is close to the one a single
+    process gets from all batches (what the stopping rule compares with the tolerance)."""
+    conv = nn.Conv2d(1, 1, 1)
+    batches = _image_level_batches(80, seed=5)
+    whole = measure(conv, [_site(1)], batches).moments[""][0]
+    ranks = [measure(conv, [_site(1)], batches[r::2]).moments[""][0] for r in (0, 1)]
+    pooled = merge_moments(ranks)
+    assert (pooled.count, pooled.batches) == (whole.count, whole.batches)
+    assert pooled.var == pytest.approx(whole.var, rel=1e-12)
+    assert pooled.std_rel_se == pytest.approx(whole.std_rel_se, rel=0.15)
+    assert pooled.std_rel_se < min(r.std_rel_se for r in ranks)  # pooling two ranks narrows it
+
+
+def test_ddp_reduce_pools_every_ranks_state(monkeypatch):
+    import torch.distributed as dist
+
+    mine = MeasureState(4, {"fuse": (Moments(10, 0.0, 1.0, 2, 0.1), Moments(10, 1.0, 4.0, 2, 0.2))})
+    other = MeasureState(6, {"fuse": (Moments(30, 2.0, 1.0, 3, 0.3), Moments(30, 1.0, 1.0, 3, 0.1))})
+
+    def all_gather_object(out: list, obj: object) -> None:
+        assert obj is mine
+        out[:] = [mine, other]
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "all_gather_object", all_gather_object)
+    pooled = ddp_reduce(mine)
+    assert pooled.images == 10
+    for i, m in enumerate(pooled.moments["fuse"]):
+        assert m == merge_moments([mine.moments["fuse"][i], other.moments["fuse"][i]])
+    assert pooled.moments["fuse"][0].mean == pytest.approx(1.5)
+
+
+def test_ddp_reduce_is_the_identity_without_a_process_group():
+    state = MeasureState(4, {"fuse": (Moments(10, 0.0, 1.0, 2, 0.1),)})
+    assert ddp_reduce(state) is state
+
+
+@pytest.mark.parametrize("bn_mode", ["batch", "eval"])
+def test_measure_counts_images_and_reports_the_bn_mode(bn_mode):
+    model = nn.Sequential(nn.BatchNorm2d(2), nn.Conv2d(2, 1, 1))
+    batches = [torch.randn(n, 2, 4, 4) for n in (3, 2, 4)]
+    result = measure(model, [FusionSite("1", "conv2d", 1, (Subject((0, 2), "a"),))], batches, bn_mode)
+    assert (result.images, result.bn_mode) == (9, bn_mode)
+    assert result.moments["1"][0].batches == 3 and result.moments["1"][0].count == 9 * 2 * 16
+    assert measure(model, [], []).images == 0 and measure(nn.Conv2d(2, 1, 1), [], []).bn_mode == "eval"
+
+
+def test_merging_keeps_single_element_parts_and_drops_empty_ones():
+    one, many = Moments(1, 5.0, 0.0, 1), Moments(3, 1.0, 2.0, 1)
+    pooled = merge_moments([one, many, Moments(0, math.nan, math.nan, 0)])
+    assert (pooled.count, pooled.batches, pooled.mean) == (4, 2, 2.0)
+    assert pooled.var == pytest.approx((0.0 + 3 * 2.0 + 1 * 9.0 + 3 * 1.0) / 4)
+    empty = merge_moments([Moments(0, math.nan, math.nan, 0)])
+    assert (empty.count, empty.batches, empty.std_rel_se) == (0, 0, math.inf)
+    assert math.isnan(empty.mean) and math.isnan(empty.var)
+
+
+def test_bn_mode_auto_counts_a_bn_as_fresh_only_when_both_buffers_are_at_init():
+    assert resolve_bn_mode(nn.BatchNorm2d(2, track_running_stats=False)) == "eval"  # no buffers to judge
+    moved_var, moved_mean = nn.BatchNorm2d(2), nn.BatchNorm2d(2)
+    moved_var.running_var.fill_(2.0)  # the mean is still 0: it has seen data all the same
+    moved_mean.running_mean.fill_(0.1)
+    assert resolve_bn_mode(moved_var) == resolve_bn_mode(moved_mean) == "eval"
+    assert resolve_bn_mode(nn.Sequential(moved_var, nn.BatchNorm2d(2))) == "batch"  # one fresh BN suffices
+
+
+def test_a_one_image_batch_anywhere_is_skipped_and_the_rest_measured():
+    torch.manual_seed(0)
+    model = _PooledBranch()
+    gen = torch.Generator().manual_seed(1)
+    batches = [torch.randn(n, 3, 8, 8, generator=gen) for n in (2, 1, 2, 2)]
+    site = FusionSite("fuse", "conv2d", 1, (Subject((0, 4), "a"), Subject((4, 8), "pool")))
+    result = measure(model, [site], batches, bn_mode="batch")
+    assert result.images == 6 and result.moments["fuse"][0].batches == 3
+    moments, seen, _ = measure_until(model, site, batches, StopRule(1e-9), PassOptions(bn_mode="batch"))
+    assert seen == 6 and moments[0].batches == 3
+
+
+def test_a_pass_that_measures_nothing_returns_no_moments_and_no_images():
+    model = _PooledBranch()
+    site = FusionSite("fuse", "conv2d", 1, (Subject((0, 4), "a"), Subject((4, 8), "pool")))
+    one = [torch.randn(1, 3, 8, 8)]  # BN on batch statistics skips it
+    assert measure_until(model, site, one, StopRule(0.1), PassOptions(bn_mode="batch")) == ((), 0, "batch")
+    assert measure_until(model, site, [], StopRule(0.1), PassOptions(bn_mode="eval")) == ((), 0, "eval")
+    with MomentHooks(model, [site]) as hooks:  # hooked, never run
+        unseen = hooks.moments()["fuse"][0]
+    assert (unseen.count, unseen.batches, unseen.std_rel_se) == (0, 0, math.inf)
+    assert math.isnan(unseen.mean) and math.isnan(unseen.var)
+
+
+def test_measure_step_runs_the_forward_under_the_requested_autocast_dtype():
+    model = nn.Sequential(nn.Conv2d(2, 2, 1), nn.Conv2d(2, 1, 1))
+    seen: list[torch.dtype] = []
+    model[1].register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype))
+    site = FusionSite("1", "conv2d", 1, (Subject((0, 2), "a"),))
+    batches = [torch.randn(2, 2, 4, 4) for _ in range(2)]
+    measure_until(model, site, batches, StopRule(1e-9), PassOptions(autocast_dtype=torch.float16))
+    measure_until(model, site, batches[:1], StopRule(1e-9), PassOptions())
+    assert seen == [torch.float16, torch.float16, torch.float32]  # float16, not CPU autocast's bfloat16
+
+
+def test_a_single_element_slice_counts_and_two_batches_give_a_standard_error():
+    conv = nn.Conv2d(2, 1, 1)
+    site = _site(1, 1)
+    one = measure(conv, [site], [torch.tensor([[[[3.0]], [[5.0]]]])]).moments[""]
+    assert [(m.count, m.mean, m.var) for m in one] == [(1, 3.0, 0.0), (1, 5.0, 0.0)]
+    two = measure(conv, [_site(2)], [torch.randn(2, 2, 4, 4), torch.randn(2, 2, 4, 4) * 2]).moments[""][0]
+    assert two.batches == 2 and math.isfinite(two.std_rel_se) and two.std_rel_se > 0
+
+
+def test_the_stop_rule_needs_the_bound_strictly_below_the_tolerance():
+    m = Moments(100, 0.0, 1.0, 8, 0.005)
+    assert not StopRule(m.std_rel_se_bound, min_batches=8).done((m,), 16)
+    assert StopRule(m.std_rel_se_bound * (1 + 1e-9), min_batches=8).done((m,), 16)
+
+
+def test_a_bn_with_only_one_running_buffer_is_not_fresh():
+    bn = nn.BatchNorm2d(2)
+    bn.running_var = None  # a custom norm layer may keep only the mean
+    assert resolve_bn_mode(bn) == "eval"
+
+
+def test_std_standard_error_of_equal_batches_is_the_textbook_standard_error_of_a_mean():
+    """With equal batches the delta method reduces to stdev(c_b)/√b over each batch's second moment about
+    the global mean, c_b = var_b + (mean_b − mean)², halved and taken relative to σ²."""
+    import statistics
+
+    gen = torch.Generator().manual_seed(2)
+    batches = [torch.randn(2, 1, 4, 4, generator=gen) * (1 + i) + 0.3 * i for i in range(3)]
+    m = measure(nn.Conv2d(1, 1, 1), [_site(1)], batches).moments[""][0]
+    flat = [b.double().flatten() for b in batches]
+    mean = float(torch.cat(flat).mean())
+    c = [float(f.var(unbiased=False)) + (float(f.mean()) - mean) ** 2 for f in flat]
+    expected = statistics.stdev(c) / math.sqrt(3) / (2 * statistics.fmean(c))
+    assert m.std_rel_se == pytest.approx(expected, rel=1e-6)
+
+
+def test_one_batch_has_exactly_its_own_mean_and_batch_moments_default_to_float64_sums():
+    x = torch.full((1, 1, 2, 5), 0.1) + torch.arange(10.0).reshape(1, 1, 2, 5) * 1e-3
+    m = measure(nn.Conv2d(1, 1, 1), [_site(1)], [x]).moments[""][0]
+    assert m.mean == float(batch_moments(x)[0])  # the first batch is merged into nothing, not into 1.0
+    far = 1000 + torch.randn(64, 64, generator=torch.Generator().manual_seed(0)) * 0.01
+    ref = far.double()
+    mean, _ = batch_moments(far)  # on a CPU: a float64 sum, exact where float32 Welford is not
+    assert float(mean) == pytest.approx(float(ref.mean()), rel=1e-12)
+
+
+def test_a_low_precision_cpu_tensor_is_summed_in_float64():
+    x = (torch.randn(256, 256, generator=torch.Generator().manual_seed(1)) + 3).to(torch.bfloat16)
+    ref = x.double()
+    for one_pass in (False, True):
+        mean, var = batch_moments(x, one_pass=one_pass)  # the float32-norm path is for CUDA only
+        assert float(mean) == pytest.approx(float(ref.mean()), rel=1e-6)
+        assert float(var) == pytest.approx(float(ref.var(unbiased=False)), rel=1e-5)
+    mean, var = batch_moments(x)
+    assert float(mean) == pytest.approx(float(ref.mean()), rel=1e-12)

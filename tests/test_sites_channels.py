@@ -197,3 +197,94 @@ def test_bias_correction_with_explicit_padding_matches_insert(explicit):
         gap = (folded(a, b) - inserted(a, b)).abs()
     assert gap[..., 1:-1, 1:-1].max() < 1e-5  # away from the border both are exact
     assert (gap.max() < 1e-5) == explicit
+
+
+def _where_channels_go(
+    op: Callable[[torch.Tensor], torch.Tensor], shape: tuple[int, ...], dim: int
+) -> int | None:
+    """Ground truth by running ``op``: the output dim along which the input's dim ``dim`` still reads
+    0, 1, ..., C−1 with every other position constant; None when the op split or merged it."""
+    size = shape[dim]
+    view = [size if i == dim else 1 for i in range(len(shape))]
+    out = op(torch.arange(float(size)).view(view).expand(shape).contiguous())
+    for j, s in enumerate(out.shape):
+        along = torch.arange(float(size)).view([size if i == j else 1 for i in range(out.dim())])
+        if s == size and torch.equal(out, along.expand(out.shape)):
+            return j
+    return None
+
+
+LAYOUTS = [
+    ("permute", lambda t: t.permute(0, 2, 3, 1), 1),
+    ("permute list", lambda t: t.permute([0, 3, 1, 2]), 1),
+    ("permute dims=", lambda t: t.permute(dims=(0, 3, 1, 2)), 3),
+    ("torch.permute negative", lambda t: torch.permute(t, (0, -1, 1, 2)), 3),
+    ("transpose", lambda t: t.transpose(1, 2), 1),
+    ("transpose negative", lambda t: t.transpose(-1, 1), 1),
+    ("transpose others", lambda t: t.transpose(2, 3), 1),
+    ("swapaxes", lambda t: torch.swapaxes(t, 1, 3), 3),
+    ("swapdims", lambda t: t.swapdims(0, 2), 1),
+    ("movedim", lambda t: t.movedim(1, -1), 1),
+    ("movedim tuples", lambda t: torch.movedim(t, (1, 2), (3, 1)), 1),
+    ("movedim past it", lambda t: torch.movedim(t, 2, 0), 1),
+    ("moveaxis", lambda t: t.moveaxis(3, 1), 1),
+    ("flatten after", lambda t: t.flatten(2), 1),
+    ("flatten over it", lambda t: t.flatten(1), 1),
+    ("reshape channels-last tokens", lambda t: t.reshape(2, 20, 3), 3),
+    ("view splitting it", lambda t: t.view(2, 2, 3, 4, 5), 1),
+    ("view merging before it", lambda t: t.view(6, 4, 5), 2),
+    ("unsqueeze", lambda t: t.unsqueeze(0), 1),
+    ("unflatten", lambda t: torch.unflatten(t, 2, (2, 2)), 1),
+]
+
+
+@pytest.mark.parametrize(("name", "op", "dim"), LAYOUTS, ids=[c[0] for c in LAYOUTS])
+def test_channel_dim_is_followed_through_each_layout_op_as_torch_moves_it(name, op, dim) -> None:
+    from eqsurgeon.channels import channel_dim_after
+
+    shape = (2, 6, 4, 5) if dim != 3 else (2, 4, 5, 3)
+    if name == "view merging before it":
+        shape = (2, 3, 4, 5)
+    graph = torch.fx.symbolic_trace(op).graph
+    (node,) = [n for n in graph.nodes if n.op in ("call_method", "call_function")]
+    after = tuple(op(torch.zeros(shape)).shape)
+    assert channel_dim_after(node, shape, after, dim) == _where_channels_go(op, shape, dim), name
+
+
+@pytest.mark.parametrize(
+    "op", [lambda t: t.permute(0, 2, 3, 1), lambda t: t.movedim(1, 3), lambda t: t.transpose(1, 3)]
+)
+def test_channel_dim_is_followed_through_exported_layout_ops(op) -> None:
+    from eqsurgeon.channels import channel_dim_after
+
+    class M(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return op(x)
+
+    x = torch.zeros(2, 6, 4, 5)
+    graph = torch.export.export(M(), (x,), strict=False).graph
+    (node,) = [n for n in graph.nodes if n.op == "call_function"]
+    assert (
+        channel_dim_after(node, (2, 6, 4, 5), tuple(op(x).shape), 1)
+        == _where_channels_go(op, x.shape, 1)
+        == 3
+    )
+
+
+def test_layout_ops_whose_dims_are_unknown_are_not_followed() -> None:
+    from eqsurgeon.channels import channel_dim_after
+
+    graph = torch.fx.Graph()
+    x = graph.placeholder("x")
+    unknown = graph.placeholder("d")  # a dim that is a graph value without a recorded int
+    for args in [(x, 0, 2, 3, unknown), (x, 0, 2, 3), (x, True, 2, 3, 1)]:
+        node = graph.call_method("permute", args)
+        assert channel_dim_after(node, (2, 6, 4, 5), (2, 4, 5, 6), 1) is None
+    for name, args in [("transpose", (x, unknown, 1)), ("transpose", (x, 1)), ("movedim", (x, [1, 2], [3])),
+                       ("movedim", (x, [1], [unknown]))]:  # fmt: skip
+        assert channel_dim_after(graph.call_method(name, args), (2, 6, 4, 5), (2, 4, 5, 6), 1) is None
+    sized = graph.call_method("size", (x, 3))
+    sized.meta["val"] = 3  # what the shape pass records for a size read from the input
+    node = graph.call_method("permute", (x, 0, 2, sized, 1))
+    assert channel_dim_after(node, (2, 6, 4, 5), (2, 4, 5, 6), 1) == 3
+    assert channel_dim_after(graph.call_method("relu", (x,)), (2, 6), (2, 6), 1) is None

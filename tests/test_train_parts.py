@@ -11,12 +11,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from eqsurgeon.io import read_state_dict
-from eqsurgeon.training.checkpoint import list_checkpoints, load_state, save_checkpoint
+from eqsurgeon.training.checkpoint import list_checkpoints, load_state, save_checkpoint, write_weights
 from eqsurgeon.training.config import ModelConfig, ScheduleConfig
 from eqsurgeon.training.inference import predict
 from eqsurgeon.training.losses import cross_entropy, segmentation_loss
 from eqsurgeon.training.metrics import area_counts, summarize
-from eqsurgeon.training.optim import build_optimizer, lr_factor
+from eqsurgeon.training.optim import build_optimizer, build_scheduler, lr_factor
 
 
 def test_loss_averaging_all_pixels_vs_valid_pixels() -> None:
@@ -101,3 +101,73 @@ def test_checkpoints_keep_the_last_k_and_load_weights_only(tmp_path: Path) -> No
     assert torch.equal(weights["weight"], model.weight) and metadata["iteration"] == "30"
     kept[0].weights.unlink()  # a checkpoint missing a file is not complete
     assert [c.iteration for c in list_checkpoints(tmp_path)] == [30]
+
+
+def test_miou_averages_the_classes_present_in_prediction_or_label() -> None:
+    # class 0: right on 2 of 2; class 1: predicted once where class 2 is labelled; class 3: absent from both
+    areas = area_counts(torch.tensor([0, 0, 1, 2]), torch.tensor([0, 0, 2, 2]), 4, 255)
+    m = summarize(areas)
+    assert m.iou[:3] == pytest.approx((1.0, 0.0, 0.5)) and math.isnan(m.iou[3])
+    assert m.miou == pytest.approx(0.5)  # (1 + 0 + 0.5) / 3: a class only predicted counts, an absent one not
+    assert math.isnan(m.acc[1]) and m.acc[2] == pytest.approx(0.5) and m.aacc == pytest.approx(0.75)
+    nothing = summarize(area_counts(torch.tensor([0]), torch.tensor([255]), 2, 255))
+    assert math.isnan(nothing.miou) and nothing.pixels == 0 and math.isnan(nothing.aacc)
+
+
+def test_default_schedule_decays_linearly_after_warmup() -> None:
+    cfg = ScheduleConfig(iters=111, warmup_iters=10)  # poly power and min_lr left at their defaults
+    # mmengine's PolyLR(begin=10, end=111) decays over end − begin − 1 = 100 steps, to 0 at iteration 110
+    factors = [lr_factor(i, cfg, 0.01) for i in (10, 35, 60, 85, 110, 200)]
+    assert factors == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0, 0.0])
+
+
+def test_scheduler_applies_the_poly_power_to_every_group() -> None:
+    model = nn.Linear(2, 2)
+    optimizer = torch.optim.SGD([{"params": [model.weight], "lr": 0.1}, {"params": [model.bias], "lr": 0.2}])
+    scheduler = build_scheduler(optimizer, ScheduleConfig(iters=11, warmup_iters=0, power=2.0), 0.1)
+    lrs = []
+    for _ in range(5):
+        optimizer.step()
+        scheduler.step()
+        lrs.append([g["lr"] for g in optimizer.param_groups])
+    assert lrs[-1] == pytest.approx([0.1 * 0.5**2, 0.2 * 0.5**2])  # halfway: (1 − 1/2)² of each base lr
+    assert lrs[0] == pytest.approx([0.1 * 0.9**2, 0.2 * 0.9**2])
+
+
+def _interrupt_during_write(monkeypatch: pytest.MonkeyPatch, module: object, name: str) -> None:
+    """Make ``module.name(obj, file)`` write a few bytes into the file, then raise KeyboardInterrupt."""
+
+    def partial(obj: object, f: object, *args: object, **kwargs: object) -> None:
+        f.write(b"partial")  # type: ignore[attr-defined]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, name, partial)
+
+
+def test_a_checkpoint_interrupted_while_writing_its_state_leaves_the_previous_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = nn.Linear(3, 2)
+    save_checkpoint(tmp_path, 10, model.state_dict(), {"iter": 10, "rng": []}, None, ModelConfig("m"), keep=2)
+    _interrupt_during_write(monkeypatch, torch, "save")
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path, 20, model.state_dict(), {"iter": 20, "rng": []}, None, ModelConfig("m"), 2)
+    monkeypatch.undo()
+    (last,) = list_checkpoints(tmp_path)  # iteration 20 has weights but no state: not complete
+    assert last.iteration == 10 and load_state(last)["iter"] == 10
+    assert not (tmp_path / "ckpt_0000020.state.pt").exists()
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_best_weights_interrupted_while_overwritten_keep_the_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from eqsurgeon.io import files as io_files
+
+    best = tmp_path / "best.safetensors"
+    write_weights(best, {"w": torch.ones(3)}, None, ModelConfig("m"), 10)
+    before = best.read_bytes()
+    monkeypatch.setattr(io_files.os, "fsync", lambda fd: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        write_weights(best, {"w": torch.zeros(3)}, None, ModelConfig("m"), 20)
+    assert best.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["best.safetensors"]
