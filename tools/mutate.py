@@ -89,7 +89,7 @@ GROUPS = {
         # 16 s of subprocesses, and the round trips of zoo models (2-5 s each): fixtures cover the same code
         deselect="not across_processes and not zoo",
     ),
-    "find": Group(("capture.py", "sites.py", "graph_ops.py"), SITE_TESTS),
+    "find": Group(("capture.py", "sites.py", "graph_ops.py", "op_tables.py"), SITE_TESTS),
     "channels": Group(("channels.py",), SITE_TESTS),
     "leaves": Group(  # searching inside opaque leaf modules
         ("leaves.py", "inline.py", "shape_tracer.py"),
@@ -100,7 +100,9 @@ GROUPS = {
         ("tests/test_formats.py", "tests/test_io.py", "tests/test_ecosystems.py"),
         deselect="not across_processes",
     ),
-    "recognize": Group(("recognize.py",), ("tests/test_recognize.py", "tests/test_checking.py")),
+    "recognize": Group(
+        ("recognize.py", "weight_slices.py"), ("tests/test_recognize.py", "tests/test_checking.py")
+    ),
 }
 
 
