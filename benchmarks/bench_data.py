@@ -154,6 +154,17 @@ def cpu_costs(train_set: Dataset, data: DataConfig, n: int, rounds: int) -> dict
         "device": lambda i: planned[(0, i)],
         "device, nvjpeg": lambda i: encoded[(0, i)],
     }
+    # A DataLoader worker runs torch on one thread (torch/utils/data/_utils/worker.py sets it): measured
+    # here with more, process_time would also count the idle spinning of the other intra-op threads.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _best_times(jobs, n, rounds)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _best_times(jobs: dict[str, Callable[[int], object]], n: int, rounds: int) -> dict[str, float]:
     for job in jobs.values():  # warm-up: imports, first allocations
         job(0)
     best = {name: [float("inf")] * n for name in jobs}
