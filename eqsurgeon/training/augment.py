@@ -85,7 +85,9 @@ def dominated(labels: torch.Tensor, cat_max_ratio: float, ignore_index: int) -> 
     >>> dominated(torch.tensor([0, 0, 0, 1]), 0.75, 255), dominated(torch.tensor([0, 0, 1, 1]), 0.75, 255)
     (True, False)
     """
-    counts = torch.bincount(labels.flatten())  # all of them (uint8 counts as is), then ignore dropped
+    # bincount over every label (uint8 counts as is), then the few hundred counts in numpy: torch's
+    # per-op overhead would cost more than the counting (workers run this for every crop they draw)
+    counts = torch.bincount(labels.flatten()).cpu().numpy()
     if 0 <= ignore_index < len(counts):
         counts[ignore_index] = 0
     counts = counts[counts > 0]

@@ -156,6 +156,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
             # ADE20K: 0 is "other", ignored; classes 1..150 become 0..149; 255 stays 255 (as in mmseg).
             mask = reduce_zero_label(torch.from_numpy(mask)).numpy()
         # numpy, not torch: several times faster on uint8 maps, and workers do this for every image
+        if mask.max(initial=0) < self.num_classes:  # the usual case, in one pass
+            return torch.from_numpy(mask)
         bad = (mask >= self.num_classes) & (mask != self.ignore_index)
         if bad.any():
             label = int(mask[bad][0])
