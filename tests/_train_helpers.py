@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).parents[1]
@@ -46,3 +50,21 @@ def truncated_copy(run: Path, dest: Path, after: int) -> Path:
             c.weights.unlink()
             c.state.unlink()
     return dest
+
+
+def torchrun(args: list[str], env: dict[str, str], timeout: float = 300) -> tuple[str, str]:
+    """Run ``torch.distributed.run --standalone --nproc-per-node 2 *args``; its (stdout, stderr) on success.
+
+    A new session, so a hung run's ranks are killed with it instead of outliving the test.
+    """
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, stderr[-3000:]
+    return stdout, stderr

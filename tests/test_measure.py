@@ -231,13 +231,18 @@ class _PooledBranch(nn.Module):
         return self.fuse(torch.cat([self.a(x), p], 1))
 
 
-@pytest.mark.parametrize(("bn_mode", "images", "measured"), [("batch", 8, 4), ("eval", 9, 5)])
-def test_a_one_image_last_batch_is_skipped_under_batch_statistics(bn_mode, images, measured):
+def _one_image_tail() -> tuple[nn.Module, list[torch.Tensor], FusionSite]:
+    # a PPM-like branch (BN after global pooling) and batches of 2 ending in one of a single image
     torch.manual_seed(0)
-    model = _PooledBranch()
     gen = torch.Generator().manual_seed(1)
     batches = [torch.randn(n, 3, 8, 8, generator=gen) for n in (2, 2, 2, 2, 1)]
     site = FusionSite("fuse", "conv2d", 1, (Subject((0, 4), "a"), Subject((4, 8), "pool")))
+    return _PooledBranch(), batches, site
+
+
+@pytest.mark.parametrize(("bn_mode", "images", "measured"), [("batch", 8, 4), ("eval", 9, 5)])
+def test_a_one_image_last_batch_is_skipped_under_batch_statistics(bn_mode, images, measured):
+    model, batches, site = _one_image_tail()
     moments, seen, mode = measure_until(model, site, batches, StopRule(1e-9), PassOptions(bn_mode=bn_mode))
     assert (mode, seen) == (bn_mode, images)
     assert [m.batches for m in moments] == [measured] * 2
@@ -247,11 +252,7 @@ def test_a_one_image_last_batch_is_skipped_under_batch_statistics(bn_mode, image
 
 @pytest.mark.parametrize(("bn_mode", "images", "measured"), [("batch", 8, 4), ("eval", 9, 5)])
 def test_measure_skips_a_one_image_last_batch_under_batch_statistics(bn_mode, images, measured):
-    torch.manual_seed(0)
-    model = _PooledBranch()
-    gen = torch.Generator().manual_seed(1)
-    batches = [torch.randn(n, 3, 8, 8, generator=gen) for n in (2, 2, 2, 2, 1)]
-    site = FusionSite("fuse", "conv2d", 1, (Subject((0, 4), "a"), Subject((4, 8), "pool")))
+    model, batches, site = _one_image_tail()
     result = measure(model, [site], batches, bn_mode=bn_mode)
     assert (result.bn_mode, result.images) == (bn_mode, images)
     assert [m.batches for m in result.moments["fuse"]] == [measured] * 2

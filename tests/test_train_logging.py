@@ -7,7 +7,6 @@ import io
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from eqsurgeon.training.config import load_config
 from eqsurgeon.training.demo_data import make_demo_data
 from eqsurgeon.training.loop import train
 from eqsurgeon.training.metrics import summarize
-from tests._train_helpers import DEMO_RECIPE, ROOT, TINY, quick
+from tests._train_helpers import DEMO_RECIPE, ROOT, TINY, quick, torchrun
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 STAMP = r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d - eqsurgeon - INFO - "
@@ -82,18 +81,8 @@ def test_piped_stdout_gets_plain_lines_as_the_run_goes(data: Path, tmp_path: Pat
 def test_torchrun_two_ranks_report_once_without_stride_warnings(data: Path, tmp_path: Path) -> None:
     sets = quick(data, tmp_path / "run", "schedule.iters=4", "eval.interval=2", "run.log_interval=2",
                  "data.crop_size=[32, 32]", model="upernet_tiny")  # fmt: skip
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "eqsurgeon", "train", str(DEMO_RECIPE),
-           *(a for item in sets for a in ("--set", item))]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # fmt: skip
-    try:
-        stdout, stderr = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    assert proc.returncode == 0, stderr[-3000:]
+    args = ["-m", "eqsurgeon", "train", str(DEMO_RECIPE), *(a for item in sets for a in ("--set", item))]
+    stdout, stderr = torchrun(args, ENV)
     train_lines = [x for x in stdout.splitlines() if "Iter(train)" in x]
     assert [re.search(r"\[(\d+)/", x).group(1) for x in train_lines] == ["2", "4"]  # once each: rank 0
     assert stdout.count("Iter(val)") == 2 and stdout.count("run summary") == 1

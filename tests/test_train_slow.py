@@ -25,7 +25,7 @@ from eqsurgeon.training.distributed import DistInfo
 from eqsurgeon.training.equalize import equalize_in_loop
 from eqsurgeon.training.loop import train
 from eqsurgeon.training.model import build_model
-from tests._train_helpers import DEMO_RECIPE, ROOT, TINY, quick
+from tests._train_helpers import DEMO_RECIPE, ROOT, TINY, quick, torchrun
 
 pytestmark = pytest.mark.slow
 TESTS = Path(__file__).parent
@@ -40,9 +40,19 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_tiny_zoo_model_overfits_demo_data(data: Path, tmp_path: Path) -> None:
     # The demo recipe's upernet_tiny, evaluated on its 16 training images. Overfitting is the point, so
     # the scale/colour augmentation is off (crop and flip stay); with it the demo needs ~300 iterations.
-    cfg = load_config(DEMO_RECIPE, [f'data.root="{data}"', f'run.out="{tmp_path}"', "data.workers=0",
-                                    "schedule.iters=150", "eval.interval=0", "run.log_interval=50",
-                                    "data.ratio_range=[1.0, 1.0]", "data.photometric=false"])
+    cfg = load_config(
+        DEMO_RECIPE,
+        [
+            f'data.root="{data}"',
+            f'run.out="{tmp_path}"',
+            "data.workers=0",
+            "schedule.iters=150",
+            "eval.interval=0",
+            "run.log_interval=50",
+            "data.ratio_range=[1.0, 1.0]",
+            "data.photometric=false",
+        ],
+    )
     assert cfg.model.name == "upernet_tiny"
     result = train(cfg)
     assert result.metrics is not None and result.metrics.miou >= 0.9, result.metrics
@@ -50,8 +60,17 @@ def test_tiny_zoo_model_overfits_demo_data(data: Path, tmp_path: Path) -> None:
 
 def _cmd(out: Path, data: Path, *extra: str) -> list[str]:
     slow = f"{TINY.rsplit(':', 1)[0]}:slow_seg"
-    sets = quick(data, out, "data.workers=2", "data.batch_size=2", "schedule.iters=8",
-                 "checkpoint.interval=4", "checkpoint.keep=5", "eval.interval=0", model=slow)
+    sets = quick(
+        data,
+        out,
+        "data.workers=2",
+        "data.batch_size=2",
+        "schedule.iters=8",
+        "checkpoint.interval=4",
+        "checkpoint.keep=5",
+        "eval.interval=0",
+        model=slow,
+    )
     return [sys.executable, str(TESTS / "_train_script.py"), str(DEMO_RECIPE), *sets, *extra]
 
 
@@ -75,18 +94,7 @@ def test_sigkill_then_resume_is_bit_identical(data: Path, tmp_path: Path) -> Non
 
 
 def _torchrun(sets: list[str]) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           str(TESTS / "_train_script.py"), str(DEMO_RECIPE), *sets]
-    # A new session, so a hung run's ranks are killed with it instead of outliving the test.
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        _, stderr = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    assert proc.returncode == 0, stderr[-3000:]
+    torchrun([str(TESTS / "_train_script.py"), str(DEMO_RECIPE), *sets], ENV)
 
 
 # In-loop calibration on 8 crops (4 per rank), BN on running statistics so a crop's features do not
@@ -95,8 +103,16 @@ EQ = ["eq.mode=fold", "eq.bn_mode=eval", "eq.images=8", "eq.batch_size=2", "eq.t
 
 
 def test_two_process_gloo_ranks_end_identical(data: Path, tmp_path: Path) -> None:
-    sets = quick(data, tmp_path, "schedule.iters=10", "eval.interval=5", "checkpoint.interval=5",
-                 "data.crop_size=[64, 64]", *EQ, model="upernet_tiny")
+    sets = quick(
+        data,
+        tmp_path,
+        "schedule.iters=10",
+        "eval.interval=5",
+        "checkpoint.interval=5",
+        "data.crop_size=[64, 64]",
+        *EQ,
+        model="upernet_tiny",
+    )
     _torchrun(sets)
     r0, _ = read_state_dict(tmp_path / "rank0.safetensors")
     r1, _ = read_state_dict(tmp_path / "rank1.safetensors")
@@ -118,8 +134,11 @@ def test_two_process_gloo_ranks_end_identical(data: Path, tmp_path: Path) -> Non
     _, record = equalize_in_loop(model, cfg, make_datasets(cfg)[0], DistInfo(0, 1, 0, torch.device("cpu")))
     single = record_to_dict(record)
     assert single["images"] == 8
-    pairs = [(a, b) for s0, s1 in zip(eq0["sites"], single["sites"], strict=True)
-             for a, b in zip(s0["inputs"], s1["inputs"], strict=True)]
+    pairs = [
+        (a, b)
+        for s0, s1 in zip(eq0["sites"], single["sites"], strict=True)
+        for a, b in zip(s0["inputs"], s1["inputs"], strict=True)
+    ]
     assert len(pairs) >= 4
     for a, b in pairs:
         assert a["mean"] == pytest.approx(b["mean"], rel=1e-6, abs=1e-6)
