@@ -43,7 +43,7 @@ from torch import nn
 
 from eqsurgeon.errors import CheckpointError, EqSurgeonError
 from eqsurgeon.records import FusionSite, Moments
-from eqsurgeon.weight_slices import fans, slice_kurtosis, slice_statistics
+from eqsurgeon.weight_slices import fans, slice_statistics
 
 KEEP = 0.5  # at most this share of the inputs' log variance spread may remain once the weights count
 EVIDENCE = 9.0  # χ² units by which the fold must explain the weights better than initialization
@@ -208,16 +208,15 @@ def recognize(
         weight = _weight(model, site)
         if not site.ok or not measured or weight is None:
             continue
-        means, rel_se = slice_statistics(weight, site.op, site.groups, [s.channels for s in site.subjects])
+        stats = slice_statistics(weight, site.op, site.groups, [s.channels for s in site.subjects])
         variances = [m.var for m in measured]
-        found = judge(variances, means, rel_se)
+        found = judge(variances, stats.means, stats.rel_se)
         if not found.equalized:  # nearly balanced inputs: a fold still moves the slices off their init
             fan_in, fan_out = fans(weight)
-            ranges = [s.channels for s in site.subjects]
-            uniform = [k < UNIFORM_BELOW for k in slice_kurtosis(weight, site.op, site.groups, ranges)]
+            uniform = [k < UNIFORM_BELOW for k in stats.kurtosis]
             inits = [w0(fan_in, fan_out) for w0, flat in INITS.values() if all(u == flat for u in uniform)]
             if inits:
-                init_found = judge_init(variances, means, rel_se, inits)
+                init_found = judge_init(variances, stats.means, stats.rel_se, inits)
                 found = init_found if init_found.equalized else found
         out[site.layer] = found
     return out

@@ -12,49 +12,46 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 
 
+class SliceStats(NamedTuple):
+    """Per input range of a fusing weight: the mean squared weight per input channel, its relative standard
+    error, and the kurtosis E[w⁴] / E[w²]² (the shape of the weights' distribution about 0, whatever their
+    scale: 1.8 for a uniform draw, 3 for a normal one)."""
+
+    means: list[float]
+    rel_se: list[float]
+    kurtosis: list[float]
+
+
 def slice_statistics(
     weight: torch.Tensor, op: str, groups: int, ranges: Sequence[tuple[int, int]]
-) -> tuple[list[float], list[float]]:
-    """Per input range: the mean squared weight per input channel, and its relative standard error.
+) -> SliceStats:
+    """The statistics of each input range's weight slice, read in the layer's own layout.
 
     The layout follows ``eqsurgeon.equalize``: conv [out, in/groups, *k] (input channel c in group
     c // (in/groups)), ConvTranspose [in, out/groups, *k], Linear [out, in].
 
-    >>> ms, se = slice_statistics(torch.ones(3, 4), "linear", 1, [(0, 2), (2, 4)])
-    >>> ms, se
-    ([1.0, 1.0], [0.0, 0.0])
+    >>> stats = slice_statistics(torch.ones(3, 4), "linear", 1, [(0, 2), (2, 4)])
+    >>> stats.means, stats.rel_se, stats.kurtosis
+    ([1.0, 1.0], [0.0, 0.0], [1.0, 1.0])
+    >>> uniform = slice_statistics(torch.linspace(-1, 1, 2000).reshape(500, 4), "linear", 1, [(0, 2), (2, 4)])
+    >>> [round(k, 1) for k in uniform.kurtosis]
+    [1.8, 1.8]
     """
     squares = _per_channel_squares(weight.detach().double(), op, groups)  # [in, weights per channel]
-    means, rel_se = [], []
+    stats = SliceStats([], [], [])
     for start, stop in ranges:
         chunk = squares[start:stop].reshape(-1)
         mean = float(chunk.mean())
         spread = float(chunk.std()) if chunk.numel() > 1 else math.inf
-        means.append(mean)
-        rel_se.append(spread / (mean * math.sqrt(chunk.numel())) if mean > 0 else math.inf)
-    return means, rel_se
-
-
-def slice_kurtosis(
-    weight: torch.Tensor, op: str, groups: int, ranges: Sequence[tuple[int, int]]
-) -> list[float]:
-    """Per input range: E[w⁴] / E[w²]², the shape of the weights' distribution about 0, whatever their
-    scale: 1.8 for a uniform draw, 3 for a normal one.
-
-    >>> [round(k, 1) for k in slice_kurtosis(torch.rand(500, 4) * 2 - 1, "linear", 1, [(0, 2), (2, 4)])]
-    [1.8, 1.8]
-    """
-    squares = _per_channel_squares(weight.detach().double(), op, groups)
-    out = []
-    for start, stop in ranges:
-        chunk = squares[start:stop].reshape(-1)
-        mean = float(chunk.mean())
-        out.append(float((chunk * chunk).mean()) / (mean * mean) if mean > 0 else math.inf)
-    return out
+        stats.means.append(mean)
+        stats.rel_se.append(spread / (mean * math.sqrt(chunk.numel())) if mean > 0 else math.inf)
+        stats.kurtosis.append(float((chunk * chunk).mean()) / (mean * mean) if mean > 0 else math.inf)
+    return stats
 
 
 def fans(weight: torch.Tensor) -> tuple[int, int]:

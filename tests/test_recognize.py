@@ -70,14 +70,14 @@ def test_slice_statistics_follow_each_layer_layout() -> None:
     with torch.no_grad():
         conv.weight.fill_(1.0)
         conv.weight[3:, 1] = 2.0  # group 1 (rows 3..5), its index 1: input channel 3
-    means, _ = slice_statistics(conv.weight, "conv2d", 2, [(0, 3), (3, 4)])
+    means = slice_statistics(conv.weight, "conv2d", 2, [(0, 3), (3, 4)]).means
     assert means == [1.0, 4.0]
     linear = torch.ones(5, 4)
     linear[:, 2:] = 3.0
-    assert slice_statistics(linear, "linear", 1, [(0, 2), (2, 4)])[0] == [1.0, 9.0]
+    assert slice_statistics(linear, "linear", 1, [(0, 2), (2, 4)]).means == [1.0, 9.0]
     transposed = torch.ones(4, 2, 2, 2)
     transposed[:1] = 0.5
-    assert slice_statistics(transposed, "conv_transpose2d", 1, [(0, 1), (1, 4)])[0] == [0.25, 1.0]
+    assert slice_statistics(transposed, "conv_transpose2d", 1, [(0, 1), (1, 4)]).means == [0.25, 1.0]
 
 
 def _batches(size: int, count: int, seed: int) -> list[torch.Tensor]:

@@ -160,4 +160,7 @@ def test_tensorboard_scalars_when_installed(
     train(load_config(DEMO_RECIPE, quick(data, tmp_path / "run", "schedule.iters=2")))
     tags = {tag for tag, _, _ in written}
     assert {"loss", "lr", "img_s", "mIoU", "closed"} <= tags
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    ratios = next(r for r in logged if r.get("grad_ratio"))  # one tag per fusion site, grouped
+    assert {f"grad_ratio/{layer}" for layer in ratios["grad_ratio"]} <= tags
     assert ("loss", pytest.approx(written[0][1]), 2) in written

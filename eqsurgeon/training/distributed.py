@@ -42,18 +42,18 @@ def setup(device: str = "auto") -> DistInfo:
     >>> setup("cpu").world if "RANK" not in os.environ else 1
     1
     """
-    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    use_cuda = _uses_cuda(device)
     if use_cuda and not torch.cuda.is_available():
         raise RecipeError("run.device = 'cuda' but no GPU is visible; set run.device = 'cpu' or 'auto'")
     if "RANK" not in os.environ:
         return DistInfo(0, 1, 0, torch.device("cuda" if use_cuda else "cpu"))
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        _init_group(use_cuda)
         _OWNED.add("default")  # ours to destroy; a caller's group (e.g. train --compare's) is left alone
+    elif use_cuda:
+        torch.cuda.set_device(local_rank)
     return DistInfo(rank, world, local_rank, torch.device(f"cuda:{local_rank}" if use_cuda else "cpu"))
 
 
@@ -71,14 +71,22 @@ def process_group(device: str = "auto") -> Iterator[None]:
     if "RANK" not in os.environ or dist.is_initialized():
         yield
         return
-    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
-    if use_cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    dist.init_process_group("nccl" if use_cuda else "gloo")
+    _init_group(_uses_cuda(device))
     try:
         yield
     finally:
         dist.destroy_process_group()
+
+
+def _uses_cuda(device: str) -> bool:
+    return torch.cuda.is_available() if device == "auto" else device == "cuda"
+
+
+def _init_group(use_cuda: bool) -> None:
+    # NCCL drives this process's own GPU (cuda:LOCAL_RANK), so that GPU is made current first.
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group("nccl" if use_cuda else "gloo")
 
 
 def wrap(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:

@@ -148,12 +148,19 @@ def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
 
 
 def log_record(run_dir: Path, writer: Any, record: dict[str, Any]) -> None:
-    """Append ``record`` to metrics.jsonl and, with a TensorBoard writer, add its float scalars."""
+    """Append ``record`` to metrics.jsonl and, with a TensorBoard writer, add its float scalars.
+
+    A dict of floats (``grad_ratio``: one per fusion site) becomes one tag per entry, ``grad_ratio/<layer>``,
+    which TensorBoard groups under ``grad_ratio``.
+    """
     append_metrics(run_dir, record)
-    if writer is not None:
-        for key, value in record.items():
-            if key != "iter" and isinstance(value, float):
-                writer.add_scalar(key, value, record["iter"])
+    if writer is None:
+        return
+    for key, value in record.items():
+        entries = value.items() if isinstance(value, dict) else [("", value)]
+        for name, number in entries:
+            if key != "iter" and isinstance(number, float):
+                writer.add_scalar(f"{key}/{name}" if name else key, number, record["iter"])
 
 
 def open_tensorboard(run_dir: Path) -> Any:

@@ -19,7 +19,6 @@ Re-layouts besides renaming:
 
 from __future__ import annotations
 
-import contextlib
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -157,24 +156,19 @@ def _unfold_to_timm_order(value: torch.Tensor) -> torch.Tensor:
 def read_mmseg_checkpoint(path: Path | str) -> dict[str, torch.Tensor]:
     """The ``state_dict`` of an mmseg/mmengine ``.pth``, read with ``torch.load(weights_only=True)``.
 
-    mmengine writes numpy scalars and arrays into ``meta`` (iteration counters, seeds); exactly those
-    numpy types are allowed while unpickling, nothing else.
+    mmengine writes numpy scalars and arrays into ``meta`` (iteration counters, seeds) and its logger's
+    buffers into ``message_hub``; :func:`eqsurgeon.io.pth_file.load_pickle` allows exactly those while
+    unpickling, nothing else.
 
     Raises:
         CheckpointError: missing file, or a pickle that needs other classes (e.g. a full training state).
     """
+    from eqsurgeon.io.pth_file import load_pickle
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; pass an MMSegmentation .pth file")
-    try:
-        with torch.serialization.safe_globals(_numpy_globals()):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"{path} cannot be read with weights_only=True ({first}); keep only its weights: "
-            "torch.save(torch.load(path)['state_dict'], 'weights.pth')"
-        ) from None
+    obj = load_pickle(path)
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} holds no state dict of tensors; pass an MMSegmentation checkpoint")
@@ -221,16 +215,3 @@ def check_fits(state: Mapping[str, torch.Tensor], model: str, source: str = "the
             f"{source} does not fit zoo model {model} after conversion ({'; '.join(problems)}); "
             "check that --model names the architecture the checkpoint was trained with"
         )
-
-
-def _numpy_globals() -> list[object]:
-    import numpy as np
-
-    found: list[object] = [np.ndarray, np.dtype]
-    for module_name in ("numpy._core.multiarray", "numpy.core.multiarray"):
-        with contextlib.suppress(ImportError):
-            module = __import__(module_name, fromlist=["_reconstruct", "scalar"])
-            found += [module._reconstruct, module.scalar]
-            break
-    found += [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
-    return found
