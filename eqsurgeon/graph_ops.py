@@ -56,9 +56,7 @@ class UpsampleCall:
 class OpView:
     """Answers "what is this node?" for a graph captured by either frontend."""
 
-    def __init__(self, model: nn.Module, frontend: str, param_names: Mapping[str, str]) -> None:
-        self.model = model
-        self.frontend = frontend
+    def __init__(self, model: nn.Module, param_names: Mapping[str, str]) -> None:
         self.param_names = dict(param_names)
         self.modules = dict(model.named_modules())
 

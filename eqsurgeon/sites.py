@@ -65,7 +65,7 @@ def find_sites(model: nn.Module, example_input: torch.Tensor, frontend: str = "a
 
 def find(captured: Captured, model: nn.Module) -> Findings:
     """Find fusion and add sites in an already captured graph of ``model``."""
-    view = OpView(model, captured.frontend, captured.param_names)
+    view = OpView(model, captured.param_names)
     graph = captured.graph
     calls = Counter(key for n in graph.nodes if view.fusing(n) and (key := view.weight_key(n)))
     found: list[tuple[fx.Node, FusionSite]] = []

@@ -305,7 +305,7 @@ def test_one_upsample_per_input_the_earlier_one_is_its_source(frontend):
     (site,) = find(cap, model).sites
     _, up = site.subjects
     assert up.upsample == BI2
-    view = OpView(model, cap.frontend, cap.param_names)
+    view = OpView(model, cap.param_names)
     (nearest,) = [n for n in cap.graph.nodes if (call := view.upsample(n)) and call.mode == "nearest"]
     assert up.source == nearest.name  # the nearest upsample's output, not the conv ``b`` behind it
 

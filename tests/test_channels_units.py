@@ -1,8 +1,8 @@
 """Padding between a concat and its fusing layer, read as torch reads it: ``F.pad``'s amounts come in
 (left, right) pairs from the last dim backwards, given by position or by keyword, and a dim counts as
 padded when either side is nonzero. (fx records ``F.pad``'s keyword as a position; builtins such as
-``torch.constant_pad_nd`` and aten ops keep theirs.) Padding that reaches the channel dim stops the walk (it adds
-channels); padding elsewhere passes."""
+``torch.constant_pad_nd`` and aten ops keep theirs.) Padding that reaches the channel dim stops the walk
+(it adds channels); padding elsewhere passes."""
 
 from __future__ import annotations
 

@@ -348,7 +348,7 @@ def test_the_deprecated_upsample_aliases_as_graph_calls_read_their_implied_mode(
         graph.call_function(F.upsample, (x,), {"scale_factor": 2}),
         graph.call_function(F.upsample, (x, None, 2, "bicubic")),
     ]
-    view = OpView(nn.Identity(), "fx", {})
+    view = OpView(nn.Identity(), {})
     assert [view.upsample(n) for n in calls] == [
         UpsampleCall("bilinear", True),
         UpsampleCall("nearest", None),
@@ -438,7 +438,7 @@ def test_describe_names_nodes_of_a_hand_built_graph():
         "L__self__head": ("L['self'].head", None),
     }
     out = graph.call_function(torch.relu, (add,))
-    view = OpView(model, "fx", {})
+    view = OpView(model, {})
     assert view.describe(conv) == "head.0"
     assert (view.describe(add), view.describe(add, with_node=True)) == ("head", "head:add")
     assert (view.describe(x), view.describe(out, with_node=True)) == ("x", "relu")

@@ -51,6 +51,8 @@ SITE_TESTS = (
     "tests/test_sites.py",
     "tests/test_sites_channels.py",
     "tests/test_channels_units.py",
+    "tests/test_capture_sites_units.py",
+    "tests/test_graph_ops.py",
     "tests/test_sites_leaves.py",
     "tests/test_sites_corpus.py",
     "tests/test_checking.py",
