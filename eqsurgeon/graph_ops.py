@@ -108,7 +108,7 @@ class OpView:
         custom = registry.upsample_functions()
         if node.target in INTERP_FUNCS or node.target in custom:
             default = INTERP_FUNCS.get(node.target) or custom[node.target]
-            align = node.kwargs.get("align_corners")
+            align = node.kwargs.get("align_corners", node.args[4] if len(node.args) > 4 else None)
             if node.target is F.upsample_bilinear:
                 align = True
             mode = node.kwargs.get("mode", node.args[3] if len(node.args) > 3 else default)

@@ -321,18 +321,20 @@ def _upsamples(model: _Spellings, frontend: str) -> list[Upsample | None]:
 
 def test_a_registered_upsample_function_reads_its_mode_by_position_keyword_or_default(scoped_registry):
     """Recorded as one fx node, ``resize`` is read by its arguments: no mode → the registered default, the
-    mode as 4th positional argument, or mode and align_corners by keyword."""
+    mode as 4th positional argument, mode and align_corners by position or by keyword."""
     registry.register_upsample_function(resize, default_mode="nearest")
     model = _Spellings(
         lambda t: resize(t, None, 2.0),
         lambda t: resize(t, None, 2.0, "bilinear"),
+        lambda t: resize(t, None, 2.0, "bilinear", True),
         lambda t: resize(t, scale_factor=2.0, mode="bicubic", align_corners=True),
     )
     cap = capture(model, torch.randn(2, 3, 8, 8), "fx")
-    assert sum(n.target is resize for n in cap.graph.nodes) == 3
+    assert sum(n.target is resize for n in cap.graph.nodes) == 4
     assert _upsamples(model, "fx") == [
         NEAREST2,
         Upsample("bilinear", (2.0, 2.0), False),
+        Upsample("bilinear", (2.0, 2.0), True),
         Upsample("bicubic", (2.0, 2.0), True),
     ]
 
