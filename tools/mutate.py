@@ -110,7 +110,7 @@ GROUPS = {
     ),
     "recognize": Group(
         ("recognize.py", "weight_slices.py"),
-        ("tests/test_recognize.py", "tests/test_checking.py"),
+        ("tests/test_recognize_units.py", "tests/test_recognize.py", "tests/test_checking.py"),
         # each zoo model is a check, a calibration and a re-check (5-10 s, paid by every survivor): fcn_tiny
         # (mmcv kaiming init, balanced inputs) and segformer_tiny (Linear fusion) reach what the others do
         deselect="not zoo or fcn_tiny or segformer_tiny",
