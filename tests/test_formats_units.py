@@ -403,6 +403,8 @@ def test_smp_factory_builds_offline_and_loads_the_folder(
     (folder / "config.json").write_text(json.dumps(config))
     model = smp_folder.smp_factory(folder, config)()
     _same_tensors(model.state_dict(), fpn.state_dict())
+    # built from the constructor arguments alone: the folder's record does not ride along in the model
+    assert model._hub_mixin_config == fpn._hub_mixin_config
     tensors = load_file(folder / "model.safetensors")
     del tensors["segmentation_head.0.bias"]
     save_file(tensors, folder / "model.safetensors")
