@@ -105,7 +105,12 @@ GROUPS = {
     ),
     "formats": Group(  # the other model formats: transformers and smp folders, MMSegmentation .pth
         FORMAT_MODULES,
-        ("tests/test_formats.py", "tests/test_io.py", "tests/test_ecosystems.py"),
+        (
+            "tests/test_formats_units.py",
+            "tests/test_formats.py",
+            "tests/test_io.py",
+            "tests/test_ecosystems.py",
+        ),
         deselect="not across_processes",
     ),
     "recognize": Group(
