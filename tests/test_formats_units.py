@@ -229,6 +229,17 @@ def test_hf_factory_passes_overrides_and_accepts_a_new_head_only_when_asked(seg_
     assert model.decode_head.classifier.out_channels == 5 and model.config.num_labels == 5
 
 
+def test_hf_factory_names_weights_of_another_shape_and_the_way_to_a_new_head(seg_folder: Path) -> None:
+    with pytest.raises(CheckpointError) as exc:  # 5 classes asked of a folder saved with its own number
+        hf_folder.hf_factory(seg_folder, _config(seg_folder))(num_labels=5)
+    assert str(exc.value) == (
+        f"the weights in {seg_folder} do not fit SegformerForSemanticSegmentation: 2 wrong shape "
+        "(e.g. decode_head.classifier.bias, decode_head.classifier.weight); "
+        "pass ignore_mismatched_sizes=True to start those layers anew (a new head), "
+        "or save the folder again with the model's own save_pretrained"
+    )
+
+
 def test_hf_factory_names_missing_and_unexpected_weights(seg_folder: Path, tmp_path: Path) -> None:
     folder = shutil.copytree(seg_folder, tmp_path / "cut")
     tensors = load_file(folder / "model.safetensors")

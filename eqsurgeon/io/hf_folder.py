@@ -38,22 +38,31 @@ def hf_factory(folder: Path, config: Mapping[str, Any]) -> Callable[..., nn.Modu
     cls = _model_class(folder, config)
 
     def factory(**kwargs: Any) -> nn.Module:
+        # Loaded with mismatched sizes allowed, so that they are listed here: transformers ≥ 5 would raise
+        # pointing at a report that quiet() hides.
+        new_layers = bool(kwargs.pop("ignore_mismatched_sizes", False))
         with quiet():
             model, info = cls.from_pretrained(
-                str(folder), local_files_only=True, output_loading_info=True, **kwargs
+                str(folder),
+                local_files_only=True,
+                output_loading_info=True,
+                ignore_mismatched_sizes=True,
+                **kwargs,
             )
         checked = [("missing_keys", "missing"), ("unexpected_keys", "unexpected")]
-        if not kwargs.get("ignore_mismatched_sizes"):
+        if not new_layers:
             checked.append(("mismatched_keys", "wrong shape"))
         problems = [
-            f"{len(info[k])} {label} (e.g. {', '.join(sorted(map(str, info[k]))[:3])})"
+            f"{len(info[k])} {label} (e.g. {', '.join(sorted(_key(x) for x in info[k])[:3])})"
             for k, label in checked
             if info.get(k)
         ]
         if problems:
+            fix = "save the folder again with the model's own save_pretrained"
+            if not new_layers and info.get("mismatched_keys"):
+                fix = f"pass ignore_mismatched_sizes=True to start those layers anew (a new head), or {fix}"
             raise CheckpointError(
-                f"the weights in {folder} do not fit {cls.__name__}: {'; '.join(problems)}; "
-                "save the folder again with the model's own save_pretrained"
+                f"the weights in {folder} do not fit {cls.__name__}: {'; '.join(problems)}; {fix}"
             )
         if any(p.is_floating_point() and p.dtype != torch.float32 for p in model.parameters()):
             model = model.float()  # measuring runs in float32: a bf16/fp16 folder is widened
@@ -63,6 +72,11 @@ def hf_factory(folder: Path, config: Mapping[str, Any]) -> Callable[..., nn.Modu
         return model
 
     return factory
+
+
+def _key(entry: Any) -> str:
+    # transformers lists a mismatched weight as (key, shape in the file, shape in the model)
+    return str(entry[0]) if isinstance(entry, tuple) else str(entry)
 
 
 def preprocessor_settings(folder: Path) -> dict[str, Any] | None:
