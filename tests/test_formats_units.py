@@ -516,6 +516,11 @@ def test_check_out_treats_a_folder_output_as_a_folder(tmp_path: Path) -> None:
     assert formats.check_out(out, True) == out
     with pytest.raises(OutputExistsError, match="already exists; choose another path or pass force=True"):
         formats.check_out(out, False)
+    existing = tmp_path / "cal.safetensors"  # a file output: replaced only with force
+    existing.write_bytes(b"x")
+    assert formats.check_out(existing, True) == existing
+    with pytest.raises(OutputExistsError, match="already exists; choose another path or pass force=True"):
+        formats.check_out(existing, False)
 
 
 def test_check_writable_refuses_other_models_and_insert_mode(
