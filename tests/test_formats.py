@@ -7,6 +7,7 @@ import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -70,13 +71,16 @@ def test_a_pickled_class_is_named_in_one_whole_sentence(tmp_path: Path) -> None:
 def test_pth_out_keeps_the_input_meta_and_carries_the_record(tmp_path: Path) -> None:
     images = calibration.make_images(tmp_path / "imgs", 8, size=32)
     src = tmp_path / "in.pth"
-    meta = {"dataset_meta": {"classes": ["a"]}}
+    # numpy values in meta, as mmengine writes them
+    meta = {"dataset_meta": {"classes": ["a"]}, "seed": np.int64(7), "dtype": np.dtype("float32")}
     torch.save({"meta": meta, "state_dict": calibration.fuse_two().state_dict()}, src)
     out = tmp_path / "out.pth"
     res = run("calibrate", FUSE, "--checkpoint", src, "--data", images, "--out", out, "--workers", 0)
     assert res.exit_code == 0, res.output
     saved = torch.load(out, weights_only=True)
     assert saved["meta"]["dataset_meta"] == meta["dataset_meta"]  # the input's meta, and the record in it
+    assert saved["meta"]["seed"] == 7 and type(saved["meta"]["seed"]) is int  # numpy values as Python's,
+    assert saved["meta"]["dtype"] == "float32"  # so torch.load's default weights_only=True reads the file
     assert saved["meta"]["eqsurgeon"]["mode"] == "fold"
     record = read(out).record
     assert record is not None and [s.layer for s in record.equalized_sites] == ["fuse", "fuse2"]
