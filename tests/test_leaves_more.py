@@ -645,31 +645,101 @@ def test_each_searched_leaf_records_its_class(route: str, monkeypatch: pytest.Mo
     assert entry.kind == "tests.test_sites_leaves.PadFuse"
 
 
-class Reorder(nn.Module):
-    """Takes an index tensor: export must be handed one of the same dtype."""
+class Masked(nn.Module):
+    """Takes an index tensor and a boolean mask: export must be handed tensors of the same dtypes."""
 
     def __init__(self) -> None:
         super().__init__()
         self.fuse = nn.Conv2d(8, 4, 1)
 
-    def forward(self, x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-        return self.fuse(torch.cat([x, x.index_select(1, order).flip(-1)], 1))
+    def forward(self, x: torch.Tensor, order: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        y = x.index_select(1, order).masked_fill(mask, 0.0)
+        return self.fuse(torch.cat([x, torch.where(mask, x, y)], 1))
 
 
-class ReorderModel(nn.Module):
+class MaskedModel(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.stem = nn.Conv2d(3, 4, 1)
-        self.block = Reorder()
+        self.block = Masked()
         self.register_buffer("order", torch.tensor([3, 2, 1, 0]))
+        self.register_buffer("mask", torch.zeros(1, 4, 1, 1, dtype=torch.bool))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.block(self.stem(x), self.order)
+        return self.block(self.stem(x), self.order, self.mask)
 
 
-def test_export_of_a_leaf_taking_an_integer_tensor_finds_its_site(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_export_of_a_leaf_taking_integer_and_boolean_tensors_finds_its_site(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     _only("export", monkeypatch)
-    with leaves(Reorder):
-        assert _routes(_search(ReorderModel().eval())) == ["export"]
-        found = _sites(ReorderModel())
+    with leaves(Masked):
+        assert _routes(_search(MaskedModel().eval())) == ["export"]
+        found = _sites(MaskedModel())
     assert [(s[0], [w for w, _, _ in s[2]]) for s in found] == [("block.fuse", [(0, 4), (4, 8)])]
+
+
+class MapCat(nn.Module):
+    """Concatenates a learned map (a parameter, one image's worth) to its input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pos = nn.Parameter(torch.zeros(1, 2, 16, 16))
+        self.fuse = nn.Conv2d(6, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fuse(torch.cat([x, self.pos], 1))
+
+
+class MapCatModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 1)
+        self.block = MapCat()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(self.stem(x))
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_a_parameter_concatenated_inside_a_leaf_is_a_subject_with_its_channels(
+    route: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = MapCatModel().eval()
+    with leaves(MapCat):
+        _only(route, monkeypatch)
+        found = find(capture(model, torch.randn(1, 3, 16, 16), "fx"), model)
+    (site,) = found.sites
+    assert (site.layer, site.status) == ("block.fuse", "ok")
+    assert [s.channels for s in site.subjects] == [(0, 4), (4, 6)]
+    assert site.subjects[0].source == "stem"
+
+
+def test_an_export_graph_whose_inputs_match_no_call_position_reads_them_as_sources(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """When export's inputs cannot be matched to the call's arguments, each one is a source of its own."""
+    import dataclasses
+
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from eqsurgeon.capture import _FUSING_TYPES, _Tracer
+    from eqsurgeon.inline import inline_leaves
+    from eqsurgeon.leaves import LeafSearch
+    from tests.test_sites_leaves import StemBlockHead
+
+    _only("export", monkeypatch)
+    model = StemBlockHead().eval()
+    with leaves(PadFuse):
+        gm = torch.fx.GraphModule(model, _Tracer().trace(model))
+        mode = FakeTensorMode(allow_non_fake_inputs=True)
+        search = LeafSearch(gm, mode, _FUSING_TYPES)
+        search.propagate(mode.from_tensor(torch.randn(2, 3, 16, 16)))
+    entry = search.children["block"]
+    assert isinstance(entry, LeafGraph)
+    flat, unsearched = inline_leaves(gm.graph, {"block": dataclasses.replace(entry, inputs={})})
+    assert unsearched == ()
+    (inner,) = [n for n in flat.nodes if n.op == "placeholder" and n.name != "x"]
+    assert inner.target == "x" and tuple(inner.meta["val"].shape) == (2, 4, 16, 16)  # the leaf's input
+    assert list(inner.meta["nn_module_stack"].values())[-1] == ("block", "tests.test_sites_leaves.PadFuse")
+    assert not any(n.op == "call_module" and n.target == "block" for n in flat.nodes)  # inlined all the same
