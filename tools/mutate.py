@@ -98,6 +98,7 @@ GROUPS = {
         ("leaves.py", "inline.py", "shape_tracer.py"),
         (
             "tests/test_leaves_units.py",  # each route alone: either one hides the other's bugs from the rest
+            "tests/test_leaves_more.py",
             "tests/test_sites_leaves.py",
             "tests/test_sites_corpus.py",
             "tests/test_sites_channels.py",
