@@ -101,7 +101,7 @@ def main() -> None:
         "target_ratio": TARGET_RATIO,
         "ratio_vs_decode_nvjpeg": round(ratios["device, nvjpeg"], 3),
         "ratio_vs_decode_workers_pipeline": round(ratios["workers"], 3),
-        "cpu_ms_per_image": {k: round(1000 * v, 2) for k, v in cpu.items()},
+        "cpu_ms_per_image": {k: round(1000 * v, 3) for k, v in cpu.items()},
         "device_ms_per_image": round(device_ms, 2),
         "pipeline": "device",
         "img_s": {str(w): round(r, 1) for w, r in rates.items()},

@@ -25,10 +25,12 @@ def test_bench_data_prints_the_ratio_to_jpeg_decoding() -> None:
     ms = result["cpu_ms_per_image"]
     assert result["bench"] == "data" and result["target_ratio"] == 2.0
     assert set(ms) == {"jpeg decode", "workers", "device", "device, nvjpeg"} and min(ms.values()) > 0
-    # the ratios are the printed costs over the decoding cost of the same run
-    assert result["ratio_vs_decode"] == pytest.approx(ms["device"] / ms["jpeg decode"], rel=0.02)
-    per_sample = ms["workers"] / ms["jpeg decode"]
-    assert result["ratio_vs_decode_workers_pipeline"] == pytest.approx(per_sample, rel=0.02)
+    # the ratios are the printed costs over the decoding cost of the same run; the costs are printed
+    # to 0.001 ms, so the ratio recomputed from them is off by at most that rounding, carried through
+    decode = ms["jpeg decode"]
+    for key, name in (("ratio_vs_decode", "device"), ("ratio_vs_decode_workers_pipeline", "workers")):
+        rounding = 0.0005 * (1 + ms[name] / decode) / (decode - 0.0005) + 0.0005
+        assert result[key] == pytest.approx(ms[name] / decode, abs=rounding), key
     line = next(x for x in lines if x.startswith("  device pipeline:"))
     assert re.match(r"  device pipeline: \d+\.\d\dx decoding, (meets|misses) the target <= 2\.0$", line), line
     assert f"{result['ratio_vs_decode']:.2f}x" in line
