@@ -1,11 +1,13 @@
 """Capture a model's forward as a torch.fx graph: symbolic tracing first, torch.export as fallback.
 
-Both frontends give a ``torch.fx.GraphModule``; every node carries ``meta["val"]`` (a fake tensor with the
-shape) afterwards, so site finding reads shapes the same way for either. Modules that symbolic tracing
-keeps as one call are traced on their own during the shape pass (:mod:`eqsurgeon.leaves`) and inlined
-into ``Captured.graph``, the graph site finding reads (:mod:`eqsurgeon.inline`).
+Both frontends give a ``torch.fx.GraphModule``; every node carries ``meta["val"]`` (a meta or fake tensor
+with the shape) afterwards, so site finding reads shapes the same way for either. Modules that symbolic
+tracing keeps as one call are traced on their own on the inputs the shape pass gives them
+(:mod:`eqsurgeon.leaves`) and inlined into ``Captured.graph``, the graph site finding reads
+(:mod:`eqsurgeon.inline`).
 
-    model ──symbolic_trace──▶ GraphModule ──LeafSearch (fake shapes)──▶ graph with leaves inlined
+    model ──symbolic_trace──▶ GraphModule ──meta shapes, leaves on fake inputs──▶ graph with leaves inlined
+          │                              └─(meta refuses an op)─▶ LeafSearch (fake shapes throughout)
           └─(raises)─▶ torch.export.export(strict=False) ──▶ ExportedProgram.graph_module (no leaves)
 """
 
@@ -24,7 +26,8 @@ from torch import fx, nn
 from eqsurgeon import registry
 from eqsurgeon.errors import CaptureError
 from eqsurgeon.inline import inline_leaves
-from eqsurgeon.leaves import LeafSearch, one_line
+from eqsurgeon.leaves import LeafSearch, is_opaque, one_line, search_leaves
+from eqsurgeon.meta_shapes import meta_shapes
 from eqsurgeon.records import UnsearchedLeaf
 from eqsurgeon.state import preserved_state
 
@@ -135,8 +138,14 @@ def _symbolic_trace(model: nn.Module, example_input: torch.Tensor) -> Captured:
 
     graph = _Tracer().trace(model)
     gm = fx.GraphModule(model, graph, model.__class__.__name__)
-    # Shapes on fake tensors: no real compute, so analysis costs one real forward, not two. The same
-    # pass traces each opaque leaf on the fake inputs it receives.
+    # Shapes without real compute, so analysis costs one real forward, not two: from meta tensors, with
+    # each opaque leaf then traced on fake tensors shaped like its inputs; when meta tensors cannot run
+    # the graph, from fake tensors, which also trace each leaf as they reach it.
+    calls = meta_shapes(gm, example_input, lambda m: is_opaque(m, _FUSING_TYPES))
+    if calls is not None:
+        children = search_leaves(gm, calls, example_input.device, _FUSING_TYPES)
+        flat, unsearched = inline_leaves(gm.graph, children)
+        return Captured(gm, "fx", flat=flat, unsearched=unsearched)
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     search = LeafSearch(gm, mode, _FUSING_TYPES)
     search.propagate(mode.from_tensor(example_input))

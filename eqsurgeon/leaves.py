@@ -112,6 +112,37 @@ class LeafSearch(FakeTensorProp):
         return super().call_module(target, args, kwargs)
 
 
+def search_leaves(
+    gm: fx.GraphModule,
+    calls: Mapping[str, tuple[tuple[Any, ...], dict[str, Any]]],
+    device: torch.device,
+    kept_whole: tuple[type[nn.Module], ...],
+) -> dict[str, LeafGraph | str]:
+    """Trace each opaque leaf call on fake tensors shaped like the (meta) inputs it received.
+
+    The counterpart of :class:`LeafSearch` for a graph whose shapes came from meta tensors
+    (:mod:`eqsurgeon.meta_shapes`): the same search, on the same input shapes and strides.
+
+    Returns:
+        node name → the leaf's :class:`LeafGraph`, or why it could not be searched.
+    """
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    search = _Search(kept_whole)
+    by_name = {n.name: n for n in gm.graph.nodes}
+    children: dict[str, LeafGraph | str] = {}
+    with mode:
+        for name, call in calls.items():
+            args, kwargs = pytree.tree_map_only(torch.Tensor, lambda t: _fake_like(t, device), call)
+            leaf = gm.get_submodule(by_name[name].target)
+            children[name] = search.leaf(leaf, args, kwargs, 0)[0]
+    return children
+
+
+def _fake_like(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    # Built inside the fake mode: a fake tensor on the model's device, no memory behind it.
+    return torch.empty_strided(tuple(t.shape), tuple(t.stride()), dtype=t.dtype, device=device)
+
+
 class _Search:
     """Traces opaque leaves on fake inputs: shape-aware symbolic tracing, then torch.export.
 

@@ -166,7 +166,7 @@ def test_one_pass_batch_moments_match_float64_statistics() -> None:
     view = x.narrow(1, 3, 7)  # a strided channel slice, as the hooks see it
     ref = view.double()
     expected = [float(ref.mean()), float(ref.var(unbiased=False))]
-    assert [float(t) for t in batch_moments(view, one_pass=False)] == pytest.approx(expected, rel=1e-9)
+    assert [float(t) for t in batch_moments(view, one_pass=False)] == pytest.approx(expected, rel=1e-7)
     # the GPU path (float32 Welford) stays far below any tolerance, even with a large offset
     assert [float(t) for t in batch_moments(view, one_pass=True)] == pytest.approx(expected, rel=1e-6)
     far = view + 100.0
