@@ -53,6 +53,7 @@ SITE_TESTS = (
     "tests/test_channels_units.py",
     "tests/test_capture_sites_units.py",
     "tests/test_graph_ops.py",
+    "tests/test_meta_shapes.py",
     "tests/test_sites_leaves.py",
     "tests/test_sites_corpus.py",
     "tests/test_checking.py",
@@ -95,9 +96,10 @@ GROUPS = {
     "find": Group(("capture.py", "sites.py", "graph_ops.py", "op_tables.py"), SITE_TESTS),
     "channels": Group(("channels.py",), SITE_TESTS),
     "leaves": Group(  # searching inside opaque leaf modules
-        ("leaves.py", "inline.py", "shape_tracer.py"),
+        ("leaves.py", "inline.py", "shape_tracer.py", "meta_shapes.py"),
         (
             "tests/test_leaves_units.py",  # each route alone: either one hides the other's bugs from the rest
+            "tests/test_meta_shapes.py",
             "tests/test_leaves_more.py",
             "tests/test_sites_leaves.py",
             "tests/test_sites_corpus.py",
