@@ -86,7 +86,7 @@ def layout_op(node: fx.Node) -> str | None:
         return None
     if node.target in _LAYOUT_FUNCS:
         return getattr(node.target, "__name__", "")
-    packet = _packet(node)
+    packet = op_packet(node)
     return str(packet).rpartition(".")[2] if packet in _LAYOUT_ATEN else None
 
 
@@ -124,7 +124,7 @@ def padded_dims(node: fx.Node, module: nn.Module | None) -> tuple[int, ...] | No
     """
     if isinstance(module, _PAD_MODULES):
         amounts: object = module.padding
-    elif node.op == "call_function" and (node.target in _PAD_FUNCS or _packet(node) in _PAD_ATEN):
+    elif node.op == "call_function" and (node.target in _PAD_FUNCS or op_packet(node) in _PAD_ATEN):
         amounts = node.args[1] if len(node.args) > 1 else node.kwargs.get("pad", node.kwargs.get("padding"))
     else:
         return None
@@ -136,7 +136,16 @@ def padded_dims(node: fx.Node, module: nn.Module | None) -> tuple[int, ...] | No
     return tuple(-1 - i for i in range(len(values) // 2) if values[2 * i] or values[2 * i + 1])
 
 
-def _packet(node: fx.Node) -> object:
+def op_packet(node: fx.Node) -> object:
+    """The ATen overload packet a node calls: an overload's packet, or the packet itself when the model
+    calls ``torch.ops.aten.<op>`` without naming an overload; ``None`` for anything else.
+
+    >>> graph = fx.symbolic_trace(lambda x: torch.ops.aten.relu(x)).graph
+    >>> [op_packet(n) is torch.ops.aten.relu for n in graph.nodes]
+    [False, True, False]
+    """
+    if isinstance(node.target, torch._ops.OpOverloadPacket):
+        return node.target
     return getattr(node.target, "overloadpacket", None)
 
 

@@ -88,7 +88,7 @@ def _sites_of_cat(view: OpView, cat: fx.Node, calls: Counter[str]) -> list[tuple
     for consumer, at in _consumers(view, cat, dim):
         fusing = view.fusing(consumer)
         assert fusing is not None
-        in_shape = shape(consumer.args[0]) or ()
+        in_shape = shape(view.input_of(consumer)) or ()
         if fusing.op == "linear":
             if at != len(in_shape) - 1:
                 continue
@@ -133,8 +133,7 @@ def _consumers(view: OpView, node: fx.Node, dim: int) -> list[tuple[fx.Node, int
     while stack:
         cur, at = stack.pop()
         for user in cur.users:
-            first = user.args[0] if user.args else None
-            if first is not cur or (user, at) in seen:
+            if view.input_of(user) is not cur or (user, at) in seen:
                 continue
             seen.add((user, at))
             if view.fusing(user):
@@ -175,18 +174,15 @@ def _subjects(view: OpView, cat: fx.Node, dim: int, offset: int, outer: Upsample
 def _trace_back(view: OpView, node: fx.Node) -> tuple[fx.Node, Upsample | None]:
     """Walk back over scale-preserving and layout ops and at most one interpolation to the producer."""
     up = None
-    while isinstance(node, fx.Node):
+    while True:
         call = view.upsample(node) if up is None else None
+        passes = call is not None or view.is_transparent(node) or view.is_layout(node)
+        src = view.input_of(node) if passes or view.padded_dims(node) is not None else None
+        if src is None:
+            return node, up
         if call is not None:
-            src = node.args[0]
-            factor = _factor(shape(src), shape(node))
-            up = Upsample(call.mode, factor, call.align_corners)
-            node = src
-        elif view.is_transparent(node) or view.is_layout(node) or view.padded_dims(node) is not None:
-            node = node.args[0]
-        else:
-            break
-    return node, up
+            up = Upsample(call.mode, _factor(shape(src), shape(node)), call.align_corners)
+        node = src
 
 
 def _factor(before: tuple[int, ...] | None, after: tuple[int, ...] | None) -> tuple[float, ...]:

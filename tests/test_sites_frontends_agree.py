@@ -1,0 +1,150 @@
+"""torch.fx and torch.export find the same sites, to the rule rather than to the spelling.
+
+Symbolic tracing records calls as the model writes them (keywords, ``torch.ops`` packets, tensor
+methods); torch.export normalizes them to positional ATen overloads. Each case here is written in a
+spelling the two frontends record differently, and both must report the exact same sites.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from eqsurgeon.api import MeasureOptions, analyze
+from eqsurgeon.calibration import CalibrationOptions, calibrate
+from eqsurgeon.capture import capture
+from eqsurgeon.measure import measuring_mode
+from eqsurgeon.records import Upsample
+from eqsurgeon.sites import Findings, find
+
+BI2 = Upsample("bilinear", (2.0, 2.0), False)
+X = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+
+
+def both(model: nn.Module, x: torch.Tensor = X) -> Findings:
+    """The findings of both frontends, asserted equal; returns export's."""
+    fx_found, ex_found = (find(capture(model, x, fe), model) for fe in ("fx", "export"))
+    assert _sites(fx_found) == _sites(ex_found)
+    assert _adds(fx_found) == _adds(ex_found)
+    return ex_found
+
+
+def _sites(found: Findings) -> list[tuple[object, ...]]:
+    return [
+        (s.layer, s.status, s.channel_dim, [(sub.channels, sub.upsample) for sub in s.subjects])
+        for s in found.sites
+    ]
+
+
+def _adds(found: Findings) -> list[list[tuple[object, ...]]]:
+    return [[(sub.channels, sub.upsample) for sub in a.inputs] for a in found.add_sites]
+
+
+class Fuse(nn.Module):
+    """cat([a(x) 4 ch, up(b(x)) 6 ch], 1) → ``feed`` → ``fuse``; ``feed`` chooses how fuse is called."""
+
+    def __init__(self, fuse: nn.Module, feed: Callable[[nn.Module, torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 1)
+        self.b = nn.Conv2d(3, 6, 2, stride=2)
+        self.fuse = fuse
+        self.feed = feed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        up = F.interpolate(self.b(x), scale_factor=2.0, mode="bilinear")
+        return self.feed(self.fuse, torch.cat([self.a(x), up], 1))
+
+
+class NamedLinear(nn.Linear):
+    """A Linear subclass whose forward names its input ``feature``, as timm/HF layers often do."""
+
+    def forward(self, feature: torch.Tensor) -> torch.Tensor:
+        return super().forward(feature)
+
+
+class NamedConv(nn.Conv2d):
+    def forward(self, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        return super().forward(x) * scale
+
+
+KEYWORD = [
+    ("conv(input=)", lambda: nn.Conv2d(10, 2, 3, padding=1), lambda f, t: f(input=t), 1),
+    ("subclass(x=, scale=)", lambda: NamedConv(10, 2, 1), lambda f, t: f(scale=0.5, x=t), 1),
+    ("linear(feature=)", lambda: NamedLinear(10, 2), lambda f, t: f(feature=t.permute(0, 2, 3, 1)), -1),
+]
+
+
+@pytest.mark.parametrize(("name", "make", "feed", "channel_dim"), KEYWORD, ids=[k[0] for k in KEYWORD])
+def test_keyword_input_to_the_fusing_layer_is_a_site_and_is_measured(name, make, feed, channel_dim):
+    torch.manual_seed(0)
+    model = Fuse(make(), feed)
+    found = both(model)
+    assert _sites(found) == [("fuse", "ok", channel_dim, [((0, 4), None), ((4, 10), BI2)])]
+    for frontend in ("fx", "export"):
+        analysis = analyze(model, [X, X * 2], measure=MeasureOptions(frontend=frontend)).analysis
+        assert [m.count for m in analysis.moments["fuse"]] == [2 * 2 * 4 * 64, 2 * 2 * 6 * 64]
+
+
+@pytest.mark.parametrize(("name", "make", "feed", "channel_dim"), KEYWORD, ids=[k[0] for k in KEYWORD])
+def test_fold_equals_insert_when_the_layer_takes_its_input_by_keyword(name, make, feed, channel_dim):
+    torch.manual_seed(0)
+    folded = Fuse(make(), feed)
+    inserted = copy.deepcopy(folded)
+    batches = [X * (i + 1) for i in range(3)]
+    calibrate(folded, batches, CalibrationOptions(mode="fold", frontend="fx"))
+    calibrate(inserted, batches, CalibrationOptions(mode="insert", frontend="fx"))
+    with measuring_mode(folded, "batch"), measuring_mode(inserted, "batch"), torch.no_grad():
+        a, b = folded(X), inserted(X)
+    a, b = (t[..., 1:-1, 1:-1] if name == "conv(input=)" else t for t in (a, b))  # zero padding: border
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+class KeywordMerge(nn.Module):
+    """An upsampled map merged by addition, the add written with keywords only."""
+
+    def __init__(self, merge: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 1)
+        self.b = nn.Conv2d(3, 4, 2, stride=2)
+        self.merge = merge
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.merge(self.a(x), F.interpolate(self.b(x), scale_factor=2.0, mode="bilinear"))
+
+
+MERGES = [
+    ("torch.sum(input=stack, dim=0)", lambda a, up: torch.sum(input=torch.stack([a, up]), dim=0)),
+    ("sum(input=stack(tensors=), dim=0)", lambda a, up: torch.sum(input=torch.stack(tensors=[a, up]), dim=0)),
+    ("torch.add(input=, other=)", lambda a, up: torch.add(input=a, other=up)),
+    ("torch.add(a, other=)", lambda a, up: torch.add(a, other=up)),
+]
+
+
+@pytest.mark.parametrize(("name", "merge"), MERGES, ids=[m[0] for m in MERGES])
+def test_keyword_only_merges_are_add_sites(name, merge):
+    assert _adds(both(KeywordMerge(merge))) == [[((0, 4), None), ((0, 4), BI2)]]
+
+
+class PacketPad(nn.Module):
+    """Calls ATen through overload packets (no ``.default``), as code ported from C++ often does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 1)
+        self.b = nn.Conv2d(3, 6, 2, stride=2)
+        self.fuse = nn.Conv2d(10, 2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        up = torch.ops.aten.upsample_nearest2d(self.b(x), [8, 8])
+        fused = torch.ops.aten.cat([self.a(x), up], 1)
+        return self.fuse(torch.ops.aten.reflection_pad2d(fused, [1, 1, 1, 1]))
+
+
+def test_overload_packets_called_directly_are_read_like_overloads():
+    nearest = Upsample("nearest", (2.0, 2.0), None)
+    assert _sites(both(PacketPad())) == [("fuse", "ok", 1, [((0, 4), None), ((4, 10), nearest)])]
