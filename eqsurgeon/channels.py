@@ -10,6 +10,8 @@ unchanged, a padding keeps it when it pads other dims only.
 
 from __future__ import annotations
 
+import operator
+
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
@@ -87,7 +89,9 @@ def layout_op(node: fx.Node) -> str | None:
     if node.target in _LAYOUT_FUNCS:
         return getattr(node.target, "__name__", "")
     packet = op_packet(node)
-    return str(packet).rpartition(".")[2] if packet in _LAYOUT_ATEN else None
+    if packet in _LAYOUT_ATEN:
+        return str(packet).rpartition(".")[2]
+    return "getitem" if _selects_all(node, packet) else None
 
 
 def channel_dim_after(node: fx.Node, before: tuple[int, ...], after: tuple[int, ...], dim: int) -> int | None:
@@ -134,6 +138,27 @@ def padded_dims(node: fx.Node, module: nn.Module | None) -> tuple[int, ...] | No
     if any(v is None for v in values) or len(values) % 2:
         return None
     return tuple(-1 - i for i in range(len(values) // 2) if values[2 * i] or values[2 * i + 1])
+
+
+def _selects_all(node: fx.Node, packet: object) -> bool:
+    """Basic indexing that keeps every element: ``t[:, :]``, ``t[...]``, ``t[None]``, ``t[:, :C]`` on C
+    channels (fx's ``getitem``; export's ``aten.slice``). Only slices, ``...`` and ``None`` index, so an
+    unchanged element count means every slice took its whole dim in order: a view that keeps all values,
+    read like a reshape. Slices that drop channels or positions change the count and stop the walk."""
+    if node.target is operator.getitem:
+        index = node.args[1] if len(node.args) > 1 else None
+        items = index if isinstance(index, tuple) else (index,)
+        if not all(i is None or i is Ellipsis or isinstance(i, slice) for i in items):
+            return False
+    elif packet is not aten.slice:
+        return False
+    before, after = (_value(n) for n in (node.args[0] if node.args else None, node))
+    return before is not None and after is not None and before.numel() == after.numel()
+
+
+def _value(node: object) -> torch.Tensor | None:
+    val = node.meta.get("val") if isinstance(node, fx.Node) else None
+    return val if isinstance(val, torch.Tensor) else None
 
 
 def op_packet(node: fx.Node) -> object:

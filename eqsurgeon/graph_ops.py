@@ -21,6 +21,11 @@ from eqsurgeon.channels import channel_dim_after, layout_op, op_packet, padded_d
 from eqsurgeon.op_tables import (
     ADD_ATEN,
     ADD_FUNCS,
+    BROADCAST_ATEN,
+    BROADCAST_FUNCS,
+    BROADCAST_METHODS,
+    CAST_ATEN,
+    CAST_METHODS,
     CAT_ATEN,
     CAT_FUNCS,
     FUSING_ATEN,
@@ -138,11 +143,13 @@ class OpView:
         if node.op == "call_module":
             return isinstance(self.module(node), TRANSPARENT_MODULES)
         if node.op == "call_method":
-            return node.target in TRANSPARENT_METHODS
+            return node.target in TRANSPARENT_METHODS or (node.target in CAST_METHODS and _floating(node))
         if node.op != "call_function":
             return False
         if node.target in TRANSPARENT_FUNCS or op_packet(node) in TRANSPARENT_ATEN:
             return True
+        if op_packet(node) in CAST_ATEN:
+            return _floating(node)
         # native_dropout returns (output, mask); element 0 carries the feature.
         if node.target is operator.getitem and node.args[1] == 0 and isinstance(node.args[0], fx.Node):
             return op_packet(node.args[0]) is aten.native_dropout
@@ -165,6 +172,18 @@ class OpView:
         if before is None or after is None:
             return None
         return channel_dim_after(node, before, after, dim)
+
+    def broadcast(self, node: fx.Node) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+        """Input and output shapes of an ``expand``/``expand_as``/``broadcast_to`` node, else ``None``."""
+        if node.op == "call_method":
+            found = node.target in BROADCAST_METHODS
+        else:
+            found = node.op == "call_function" and (
+                node.target in BROADCAST_FUNCS or op_packet(node) in BROADCAST_ATEN
+            )
+        source = self.input_of(node) if found else None
+        before, after = (shape(source) if source is not None else None), shape(node)
+        return (before, after) if before is not None and after is not None else None
 
     def fusing(self, node: fx.Node) -> Fusing | None:
         """The conv/linear a node runs, with its module name when it is a module call."""
@@ -225,6 +244,12 @@ def _is_sum(node: fx.Node) -> bool:
     if node.op == "call_method":
         return node.target == "sum"
     return node.op == "call_function" and (node.target in SUM_FUNCS or op_packet(node) is aten.sum)
+
+
+def _floating(node: fx.Node) -> bool:
+    # A cast keeps a feature's scale into float16/32/64 or bfloat16; into an integer dtype it rounds.
+    val = node.meta.get("val")
+    return isinstance(val, torch.Tensor) and val.dtype.is_floating_point
 
 
 def shape(node: fx.Node) -> tuple[int, ...] | None:

@@ -148,3 +148,115 @@ class PacketPad(nn.Module):
 def test_overload_packets_called_directly_are_read_like_overloads():
     nearest = Upsample("nearest", (2.0, 2.0), None)
     assert _sites(both(PacketPad())) == [("fuse", "ok", 1, [((0, 4), None), ((4, 10), nearest)])]
+
+
+class Branches(nn.Module):
+    """cat([a(x) 4 ch, ``branch``(x) 6 ch], 1) → ``between`` → 1×1 ``fuse``; ``pool`` is a 1×1 conv on a
+    globally pooled map (the image-pooling branch of ASPP/PSP), ``b`` a 6-channel map at half size."""
+
+    def __init__(
+        self,
+        branch: Callable[[nn.Module, torch.Tensor], torch.Tensor],
+        between: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+        fuse_in: int = 10,
+    ) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 1)
+        self.b = nn.Conv2d(3, 6, 2, stride=2)
+        self.pool = nn.Conv2d(3, 6, 1)
+        self.fuse = nn.Conv2d(fuse_in, 2, 1)
+        self.branch = branch
+        self.between = between
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fuse(self.between(torch.cat([self.a(x), self.branch(self, x)], 1)))
+
+
+def _up(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(m.b(x), scale_factor=2.0, mode="bilinear")
+
+
+def _pooled(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return m.pool(F.adaptive_avg_pool2d(x, 1))
+
+
+NEAREST8 = Upsample("nearest", (8.0, 8.0), None)
+BROADCASTS = [
+    ("upsampled, expand over the batch", lambda m, x: _up(m, x[:1]).expand(2, -1, -1, -1), BI2),
+    ("upsampled, expand_as the batch", lambda m, x: _up(m, x[:1]).expand_as(torch.empty(2, 6, 8, 8)), BI2),
+    ("upsampled, broadcast_to", lambda m, x: torch.broadcast_to(_up(m, x[:1]), (2, 6, 8, 8)), BI2),
+    ("upsampled, no-op expand", lambda m, x: _up(m, x).expand(-1, -1, 8, 8), BI2),
+    ("pooled 1x1, expand", lambda m, x: _pooled(m, x).expand(-1, -1, 8, 8), NEAREST8),
+    ("pooled 1x1, expand_as", lambda m, x: _pooled(m, x).expand_as(torch.empty(2, 6, 8, 8)), NEAREST8),
+    ("pooled 1x1, expand + new dims", lambda m, x: _pooled(m, x)[0].expand(2, 6, 8, 8), NEAREST8),
+    ("pooled 1x1, bilinear resize", lambda m, x: F.interpolate(_pooled(m, x), (8, 8), mode="bilinear"),
+     Upsample("bilinear", (8.0, 8.0), False)),
+]
+
+
+@pytest.mark.parametrize(("name", "branch", "up"), BROADCASTS, ids=[b[0] for b in BROADCASTS])
+def test_expand_keeps_the_upsample_and_repeating_a_pooled_map_is_one(name, branch, up):
+    assert _sites(both(Branches(branch))) == [("fuse", "ok", 1, [((0, 4), None), ((4, 10), up)])]
+
+
+def test_expand_that_repeats_channels_is_a_source_not_a_pass():
+    # A one-channel upsampled map repeated to six channels: the six are one feature, whose upsample is
+    # not followed past the expand.
+    model = Branches(lambda m, x: F.interpolate(m.b(x)[:, :1], scale_factor=2.0, mode="bilinear")
+                     .expand(-1, 6, -1, -1))
+    assert _sites(both(model)) == [("fuse", "ok", 1, [((0, 4), None), ((4, 10), None)])]
+
+
+def test_expand_between_the_concat_and_the_layer_keeps_the_channels():
+    model = Branches(lambda m, x: _up(m, x), between=lambda t: t.expand(3, -1, -1, -1))
+    assert _sites(both(model, X[:1])) == [("fuse", "ok", 1, [((0, 4), None), ((4, 10), BI2)])]
+    # Repeating a one-channel concat (of 1 + 0 channels) to the layer's width is no site of that concat.
+    one = Branches(lambda m, x: _up(m, x)[:, :0], between=lambda t: t.expand(-1, 10, -1, -1))
+    one.a = nn.Conv2d(3, 1, 1)
+    assert _sites(both(one)) == []
+
+
+PASSES = [
+    ("type_as", lambda t: t.type_as(t)),
+    ("to(dtype)", lambda t: t.to(torch.float32)),
+    ("float()", lambda t: t.float()),
+    ("t[:, :]", lambda t: t[:, :]),
+    ("t[...]", lambda t: t[...]),
+    ("t[:, :10] on 10 channels", lambda t: t[:, :10]),
+    ("t[:, :, :, :]", lambda t: t[:, :, :, :]),
+    ("t[..., :] then contiguous", lambda t: t[..., :].contiguous()),
+]
+
+
+@pytest.mark.parametrize(("name", "between"), PASSES, ids=[p[0] for p in PASSES])
+def test_float_casts_and_full_slices_pass_between_the_concat_and_the_layer(name, between):
+    assert _sites(both(Branches(_up, between))) == [("fuse", "ok", 1, [((0, 4), None), ((4, 10), BI2)])]
+
+
+@pytest.mark.parametrize(("name", "feed"), PASSES, ids=[p[0] for p in PASSES])
+def test_float_casts_and_full_slices_pass_between_the_upsample_and_the_concat(name, feed):
+    model = Branches(lambda m, x: feed(_up(m, x)))
+    assert _sites(both(model)) == [("fuse", "ok", 1, [((0, 4), None), ((4, 10), BI2)])]
+
+
+def test_full_index_with_none_is_read_as_an_unsqueeze():
+    model = Branches(_up, lambda t: t[None].transpose(0, 1).squeeze(1))  # [B, C, H, W] → [1, B, ...] → back
+    assert _sites(both(model)) == [("fuse", "ok", 1, [((0, 4), None), ((4, 10), BI2)])]
+
+
+STOPS = [
+    ("rounded through long()", lambda t: t.long().float(), 10),
+    ("rounded through to(int32)", lambda t: t.to(torch.int32).to(t.dtype), 10),
+    ("slice of channels t[:, :6]", lambda t: t[:, :6], 6),
+    ("slice of channels t[:, 4:]", lambda t: t[:, 4:], 6),
+]
+
+
+@pytest.mark.parametrize(("name", "between", "fuse_in"), STOPS, ids=[s[0] for s in STOPS])
+def test_integer_casts_and_channel_slices_stop_the_walk(name, between, fuse_in):
+    assert _sites(both(Branches(_up, between, fuse_in))) == []
+
+
+def test_a_slice_that_drops_channels_before_the_concat_keeps_its_width_but_not_its_upsample():
+    model = Branches(lambda m, x: torch.cat([_up(m, x)[:, :3], _up(m, x)[:, 3:]], 1))
+    assert _sites(both(model)) == [("fuse", "ok", 1, [((0, 4), None), ((4, 7), None), ((7, 10), None)])]
