@@ -181,9 +181,20 @@ def _static_int(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+_DIM_KEYWORDS = {
+    "transpose": ("dim0", "dim1"),
+    "swapdims": ("dim0", "dim1"),
+    "swapaxes": ("axis0", "axis1"),
+    "movedim": ("source", "destination"),
+    "moveaxis": ("source", "destination"),
+}
+
+
 def _permutation(name: str, node: fx.Node, ndim: int) -> list[int] | None:
     """``perm`` with ``out.dim(j) == in.dim(perm[j])`` for permute/transpose/movedim nodes."""
     rest = list(node.args[1:])
+    # Symbolic tracing keeps keywords as written: t.transpose(1, dim1=2), torch.movedim(t, source=1, ...).
+    rest += [node.kwargs[k] for k in _DIM_KEYWORDS.get(name, ())[len(rest) :] if k in node.kwargs]
     if name == "permute":
         dims = (
             rest[0]

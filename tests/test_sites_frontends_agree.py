@@ -260,3 +260,33 @@ def test_integer_casts_and_channel_slices_stop_the_walk(name, between, fuse_in):
 def test_a_slice_that_drops_channels_before_the_concat_keeps_its_width_but_not_its_upsample():
     model = Branches(lambda m, x: torch.cat([_up(m, x)[:, :3], _up(m, x)[:, 3:]], 1))
     assert _sites(both(model)) == [("fuse", "ok", 1, [((0, 4), None), ((4, 7), None), ((7, 10), None)])]
+
+
+class KeywordsAllTheWay(nn.Module):
+    """Every op on the way from the upsample to a channels-last Linear takes its tensor by keyword."""
+
+    def __init__(self, to_last: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 1)
+        self.b = nn.Conv2d(3, 6, 2, stride=2)
+        self.fuse = nn.Linear(10, 2)
+        self.to_last = to_last
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        up = F.interpolate(input=self.b(x), scale_factor=2.0, mode="bilinear")
+        fused = torch.cat(tensors=[self.a(x), F.dropout(input=up, p=0.1, training=False)], dim=1)
+        return self.fuse(input=self.to_last(F.pad(input=fused, pad=(0, 0, 0, 0))))
+
+
+TO_LAST = [
+    ("transpose(dim0=, dim1=)", lambda t: torch.flatten(input=t, start_dim=2).transpose(dim0=1, dim1=2)),
+    ("transpose(1, dim1=)", lambda t: t.flatten(2).transpose(1, dim1=2)),
+    ("swapaxes(axis0=, axis1=)", lambda t: t.flatten(2).swapaxes(axis0=1, axis1=2)),
+    ("movedim(source=, destination=)", lambda t: torch.movedim(t, source=1, destination=-1)),
+    ("permute(dims=)", lambda t: t.permute(dims=(0, 2, 3, 1))),
+]
+
+
+@pytest.mark.parametrize(("name", "to_last"), TO_LAST, ids=[t[0] for t in TO_LAST])
+def test_keyword_arguments_along_the_walk(name, to_last):
+    assert _sites(both(KeywordsAllTheWay(to_last))) == [("fuse", "ok", -1, [((0, 4), None), ((4, 10), BI2)])]
