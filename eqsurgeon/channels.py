@@ -10,6 +10,8 @@ unchanged, a padding keeps it when it pads other dims only.
 
 from __future__ import annotations
 
+import operator
+
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
@@ -86,8 +88,10 @@ def layout_op(node: fx.Node) -> str | None:
         return None
     if node.target in _LAYOUT_FUNCS:
         return getattr(node.target, "__name__", "")
-    packet = _packet(node)
-    return str(packet).rpartition(".")[2] if packet in _LAYOUT_ATEN else None
+    packet = op_packet(node)
+    if packet in _LAYOUT_ATEN:
+        return str(packet).rpartition(".")[2]
+    return "getitem" if _selects_all(node, packet) else None
 
 
 def channel_dim_after(node: fx.Node, before: tuple[int, ...], after: tuple[int, ...], dim: int) -> int | None:
@@ -124,7 +128,7 @@ def padded_dims(node: fx.Node, module: nn.Module | None) -> tuple[int, ...] | No
     """
     if isinstance(module, _PAD_MODULES):
         amounts: object = module.padding
-    elif node.op == "call_function" and (node.target in _PAD_FUNCS or _packet(node) in _PAD_ATEN):
+    elif node.op == "call_function" and (node.target in _PAD_FUNCS or op_packet(node) in _PAD_ATEN):
         amounts = node.args[1] if len(node.args) > 1 else node.kwargs.get("pad", node.kwargs.get("padding"))
     else:
         return None
@@ -136,7 +140,37 @@ def padded_dims(node: fx.Node, module: nn.Module | None) -> tuple[int, ...] | No
     return tuple(-1 - i for i in range(len(values) // 2) if values[2 * i] or values[2 * i + 1])
 
 
-def _packet(node: fx.Node) -> object:
+def _selects_all(node: fx.Node, packet: object) -> bool:
+    """Basic indexing that keeps every element: ``t[:, :]``, ``t[...]``, ``t[None]``, ``t[:, :C]`` on C
+    channels (fx's ``getitem``; export's ``aten.slice``). Only slices, ``...`` and ``None`` index, so an
+    unchanged element count means every slice took its whole dim in order: a view that keeps all values,
+    read like a reshape. Slices that drop channels or positions change the count and stop the walk."""
+    if node.target is operator.getitem:
+        index = node.args[1] if len(node.args) > 1 else None
+        items = index if isinstance(index, tuple) else (index,)
+        if not all(i is None or i is Ellipsis or isinstance(i, slice) for i in items):
+            return False
+    elif packet is not aten.slice:
+        return False
+    before, after = (_value(n) for n in (node.args[0] if node.args else None, node))
+    return before is not None and after is not None and before.numel() == after.numel()
+
+
+def _value(node: object) -> torch.Tensor | None:
+    val = node.meta.get("val") if isinstance(node, fx.Node) else None
+    return val if isinstance(val, torch.Tensor) else None
+
+
+def op_packet(node: fx.Node) -> object:
+    """The ATen overload packet a node calls: an overload's packet, or the packet itself when the model
+    calls ``torch.ops.aten.<op>`` without naming an overload; ``None`` for anything else.
+
+    >>> graph = fx.symbolic_trace(lambda x: torch.ops.aten.relu(x)).graph
+    >>> [op_packet(n) is torch.ops.aten.relu for n in graph.nodes]
+    [False, True, False]
+    """
+    if isinstance(node.target, torch._ops.OpOverloadPacket):
+        return node.target
     return getattr(node.target, "overloadpacket", None)
 
 
@@ -147,9 +181,20 @@ def _static_int(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+_DIM_KEYWORDS = {
+    "transpose": ("dim0", "dim1"),
+    "swapdims": ("dim0", "dim1"),
+    "swapaxes": ("axis0", "axis1"),
+    "movedim": ("source", "destination"),
+    "moveaxis": ("source", "destination"),
+}
+
+
 def _permutation(name: str, node: fx.Node, ndim: int) -> list[int] | None:
     """``perm`` with ``out.dim(j) == in.dim(perm[j])`` for permute/transpose/movedim nodes."""
     rest = list(node.args[1:])
+    # Symbolic tracing keeps keywords as written: t.transpose(1, dim1=2), torch.movedim(t, source=1, ...).
+    rest += [node.kwargs[k] for k in _DIM_KEYWORDS.get(name, ())[len(rest) :] if k in node.kwargs]
     if name == "permute":
         dims = (
             rest[0]

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from eqsurgeon.call_args import input_key
 from eqsurgeon.modules import ScaleEqualizer
 
 # A std this small relative to the mean is a constant feature measured with float round-off.
@@ -213,7 +214,12 @@ class EqualizedInput(nn.Module):
         order = sorted(self.channels)
         assert all(a[1] <= b[0] for a, b in itertools.pairwise(order)), "ranges overlap"
 
-    def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+    def forward(self, *args: object, **kwargs: object) -> torch.Tensor:
+        # The input comes as the caller passed it: ``layer(x)``, ``layer(input=x)`` or ``layer(x=x)``.
+        key = input_key(args, kwargs, self.layer.forward)
+        assert key is not None, "EqualizedInput was called without the layer's input"
+        x = args[0] if key == 0 else kwargs[str(key)]
+        assert isinstance(x, torch.Tensor)
         dim = self.channel_dim % x.dim()
         pieces, pos = [], 0
         for (start, stop), eq in sorted(zip(self.channels, self.equalizers, strict=True), key=lambda p: p[0]):
@@ -223,7 +229,10 @@ class EqualizedInput(nn.Module):
             pos = stop
         if pos < x.shape[dim]:
             pieces.append(x.narrow(dim, pos, x.shape[dim] - pos))
-        return self.layer(torch.cat(pieces, dim), *args, **kwargs)
+        equalized = torch.cat(pieces, dim)
+        if key == 0:
+            return self.layer(equalized, *args[1:], **kwargs)
+        return self.layer(*args, **{**kwargs, str(key): equalized})
 
 
 def insert_equalizers(model: nn.Module, layer: str, stats: Sequence[InputStat], channel_dim: int = 1) -> None:

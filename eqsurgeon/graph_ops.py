@@ -16,10 +16,16 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from eqsurgeon import registry
-from eqsurgeon.channels import channel_dim_after, layout_op, padded_dims
+from eqsurgeon.call_args import first_input
+from eqsurgeon.channels import channel_dim_after, layout_op, op_packet, padded_dims
 from eqsurgeon.op_tables import (
     ADD_ATEN,
     ADD_FUNCS,
+    BROADCAST_ATEN,
+    BROADCAST_FUNCS,
+    BROADCAST_METHODS,
+    CAST_ATEN,
+    CAST_METHODS,
     CAT_ATEN,
     CAT_FUNCS,
     FUSING_ATEN,
@@ -65,8 +71,19 @@ class OpView:
             return self.modules.get(str(node.target))
         return None
 
+    def input_of(self, node: fx.Node) -> fx.Node | None:
+        """The tensor a node transforms: its first argument, passed by position or by keyword
+        (symbolic tracing records ``conv(input=x)`` as written; torch.export always by position)."""
+        if node.op == "call_module":
+            mod = self.module(node)
+            fn = mod.forward if mod is not None else None
+        else:
+            fn = node.target if node.op == "call_function" else None
+        first = first_input(node.args, node.kwargs, fn)
+        return first if isinstance(first, fx.Node) else None
+
     def is_cat(self, node: fx.Node) -> bool:
-        return node.op == "call_function" and (node.target in CAT_FUNCS or _packet(node) in CAT_ATEN)
+        return node.op == "call_function" and (node.target in CAT_FUNCS or op_packet(node) in CAT_ATEN)
 
     def cat_parts(self, node: fx.Node) -> tuple[list[fx.Node], int]:
         parts = node.args[0] if node.args else node.kwargs["tensors"]
@@ -76,22 +93,25 @@ class OpView:
     def is_add(self, node: fx.Node) -> bool:
         if node.op == "call_method":
             return node.target in ("add", "add_")
-        return node.op == "call_function" and (node.target in ADD_FUNCS or _packet(node) in ADD_ATEN)
+        return node.op == "call_function" and (node.target in ADD_FUNCS or op_packet(node) in ADD_ATEN)
 
     def added(self, node: fx.Node) -> list[object] | None:
         """The terms an add node sums: its two operands, or the tensors of ``stack(xs).sum(0)`` (a merge
         by addition, as smp's FPN writes it); ``None`` for any other node."""
+        # Symbolic tracing records keywords as written: ``torch.add(input=a, other=b)``,
+        # ``torch.sum(input=torch.stack(xs), dim=0)``.
         if self.is_add(node):
-            return list(node.args[:2])
+            other = node.args[1] if len(node.args) > 1 else node.kwargs.get("other")
+            return [self.input_of(node), other]
         if not _is_sum(node):
             return None
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-        stacked = node.args[0] if node.args else None
+        stacked = self.input_of(node)
         if dim not in (0, [0], (0,)) or not isinstance(stacked, fx.Node):
             return None
         if not (
             stacked.op == "call_function"
-            and (stacked.target in STACK_FUNCS or _packet(stacked) is aten.stack)
+            and (stacked.target in STACK_FUNCS or op_packet(stacked) is aten.stack)
         ):
             return None
         parts = stacked.args[0] if stacked.args else stacked.kwargs.get("tensors")
@@ -113,7 +133,7 @@ class OpView:
                 align = True
             mode = node.kwargs.get("mode", node.args[3] if len(node.args) > 3 else default)
             return _upsample_call(str(mode), align)
-        mode = UPSAMPLE_ATEN.get(_packet(node))
+        mode = UPSAMPLE_ATEN.get(op_packet(node))
         if mode is None:
             return None
         align = node.args[2] if mode in _ALIGNED_MODES else None
@@ -123,15 +143,17 @@ class OpView:
         if node.op == "call_module":
             return isinstance(self.module(node), TRANSPARENT_MODULES)
         if node.op == "call_method":
-            return node.target in TRANSPARENT_METHODS
+            return node.target in TRANSPARENT_METHODS or (node.target in CAST_METHODS and _floating(node))
         if node.op != "call_function":
             return False
-        if node.target in TRANSPARENT_FUNCS or _packet(node) in TRANSPARENT_ATEN:
+        if node.target in TRANSPARENT_FUNCS or op_packet(node) in TRANSPARENT_ATEN:
             return True
+        if op_packet(node) in CAST_ATEN:
+            return _floating(node)
         # native_dropout returns (output, mask); element 0 carries the feature.
         if node.target is operator.getitem and node.args[1] == 0 and isinstance(node.args[0], fx.Node):
-            return _packet(node.args[0]) is aten.native_dropout
-        return _packet(node) is aten.native_dropout
+            return op_packet(node.args[0]) is aten.native_dropout
+        return op_packet(node) is aten.native_dropout
 
     def is_layout(self, node: fx.Node) -> bool:
         return layout_op(node) is not None
@@ -144,11 +166,24 @@ class OpView:
     def channel_dim_after(self, node: fx.Node, dim: int) -> int | None:
         """Where dim ``dim`` of a layout node's input sits in its output, or ``None`` when the node
         splits or merges it (or is not a layout op)."""
-        before = shape(node.args[0]) if node.args and isinstance(node.args[0], fx.Node) else None
+        source = self.input_of(node)
+        before = shape(source) if source is not None else None
         after = shape(node)
         if before is None or after is None:
             return None
         return channel_dim_after(node, before, after, dim)
+
+    def broadcast(self, node: fx.Node) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+        """Input and output shapes of an ``expand``/``expand_as``/``broadcast_to`` node, else ``None``."""
+        if node.op == "call_method":
+            found = node.target in BROADCAST_METHODS
+        else:
+            found = node.op == "call_function" and (
+                node.target in BROADCAST_FUNCS or op_packet(node) in BROADCAST_ATEN
+            )
+        source = self.input_of(node) if found else None
+        before, after = (shape(source) if source is not None else None), shape(node)
+        return (before, after) if before is not None and after is not None else None
 
     def fusing(self, node: fx.Node) -> Fusing | None:
         """The conv/linear a node runs, with its module name when it is a module call."""
@@ -159,7 +194,7 @@ class OpView:
             return None
         if node.target in FUSING_FUNCS:
             return Fusing(FUSING_FUNCS[node.target], None)
-        op = FUSING_ATEN.get(_packet(node))
+        op = FUSING_ATEN.get(op_packet(node))
         if op is None:
             return None
         owner = self._weight_owner(node)
@@ -208,7 +243,13 @@ class OpView:
 def _is_sum(node: fx.Node) -> bool:
     if node.op == "call_method":
         return node.target == "sum"
-    return node.op == "call_function" and (node.target in SUM_FUNCS or _packet(node) is aten.sum)
+    return node.op == "call_function" and (node.target in SUM_FUNCS or op_packet(node) is aten.sum)
+
+
+def _floating(node: fx.Node) -> bool:
+    # A cast keeps a feature's scale into float16/32/64 or bfloat16; into an integer dtype it rounds.
+    val = node.meta.get("val")
+    return isinstance(val, torch.Tensor) and val.dtype.is_floating_point
 
 
 def shape(node: fx.Node) -> tuple[int, ...] | None:
@@ -227,10 +268,6 @@ def _upsample_call(mode: str, align_corners: bool | None) -> UpsampleCall:
     if mode in _ALIGNED_MODES:
         return UpsampleCall(mode, bool(align_corners))
     return UpsampleCall(mode, None)
-
-
-def _packet(node: fx.Node) -> object:
-    return getattr(node.target, "overloadpacket", None)
 
 
 def _module_op(mod: nn.Module) -> str:

@@ -44,7 +44,7 @@ UPSAMPLE_ATEN = {
 }
 
 # Ops that do not change a feature's scale: dropout (identity at eval, unbiased in training),
-# identity, copies and dtype casts.
+# identity and copies. Dtype casts are in CAST_*: they keep the scale only into a floating dtype.
 TRANSPARENT_MODULES: tuple[type[nn.Module], ...] = (nn.modules.dropout._DropoutNd, nn.Identity)
 TRANSPARENT_FUNCS = {
     F.dropout,
@@ -59,7 +59,7 @@ TRANSPARENT_FUNCS = {
     torch.feature_alpha_dropout,
     torch.clone,
 }
-TRANSPARENT_METHODS = {"contiguous", "clone", "float", "half", "bfloat16", "double", "to", "type"}
+TRANSPARENT_METHODS = {"contiguous", "clone"}
 TRANSPARENT_ATEN = {
     aten.dropout,
     aten.dropout_,
@@ -70,12 +70,18 @@ TRANSPARENT_ATEN = {
     aten.feature_alpha_dropout,
     aten.feature_alpha_dropout_,
     aten.clone,
-    aten._to_copy,
-    aten.to,
     aten.contiguous,
     aten.alias,
-    aten.type_as,
 }
+# Casts, by either frontend's spelling; ``.long()`` & co. are no casts to a floating dtype, so not here.
+CAST_METHODS = {"float", "half", "bfloat16", "double", "to", "type", "type_as"}
+CAST_ATEN = {aten._to_copy, aten.to, aten.type_as}
+
+# Broadcasting views (``expand``): they repeat size-1 dims, so each value keeps its distribution; the
+# site finder reads the shapes to tell a batch broadcast from a spatial one (a replicating upsample).
+BROADCAST_METHODS = {"expand", "expand_as", "broadcast_to"}
+BROADCAST_FUNCS = {torch.broadcast_to}
+BROADCAST_ATEN = {aten.expand, aten.expand_as, aten.broadcast_to}
 
 FUSING_FUNCS: dict[object, str] = {
     F.conv1d: "conv1d",

@@ -6,9 +6,11 @@ Pure analysis over a captured graph (opaque leaves inlined by capture); never mu
     P1 ─────┼─▶ cat(dim=1) ─▶ dropout ─▶ conv  ==▶    up(P2) [C1:C1+C2)  bilinear ×2
     up(P3) ─┘                                         up(P3) [...]       bilinear ×4
 
-Between the concat and the layer, scale-preserving ops pass (dropout, identity, copies, casts), and so do
-ops that keep every channel whole while the channel dim is followed: spatial padding, reshapes that keep
-the channel dim, permutes that move it. A Linear fuses the channels on its last dim (``channel_dim=-1``).
+Between the concat and the layer, scale-preserving ops pass (dropout, identity, copies, casts to a
+floating dtype), and so do ops that keep every channel whole while the channel dim is followed: spatial
+padding, reshapes that keep the channel dim, permutes that move it, full slices, expands that repeat other
+dims. A Linear fuses the channels on its last dim (``channel_dim=-1``). Walking back from the concat, an
+``expand`` that repeats positions (a pooled 1×1 map broadcast to H×W) is read as a nearest upsample.
 
     cat(dim=1) ─▶ pad(H, W) ─▶ conv              cat(dim=1) ─▶ flatten(2) ─▶ transpose(1, 2) ─▶ linear
     channel dim: 1 ─────────▶ 1                  channel dim: 1 ───────▶ 1 ────────────▶ 2 = last
@@ -88,7 +90,7 @@ def _sites_of_cat(view: OpView, cat: fx.Node, calls: Counter[str]) -> list[tuple
     for consumer, at in _consumers(view, cat, dim):
         fusing = view.fusing(consumer)
         assert fusing is not None
-        in_shape = shape(consumer.args[0]) or ()
+        in_shape = shape(view.input_of(consumer)) or ()
         if fusing.op == "linear":
             if at != len(in_shape) - 1:
                 continue
@@ -133,8 +135,7 @@ def _consumers(view: OpView, node: fx.Node, dim: int) -> list[tuple[fx.Node, int
     while stack:
         cur, at = stack.pop()
         for user in cur.users:
-            first = user.args[0] if user.args else None
-            if first is not cur or (user, at) in seen:
+            if view.input_of(user) is not cur or (user, at) in seen:
                 continue
             seen.add((user, at))
             if view.fusing(user):
@@ -147,7 +148,12 @@ def _consumers(view: OpView, node: fx.Node, dim: int) -> list[tuple[fx.Node, int
 
 
 def _channels_kept(view: OpView, node: fx.Node, at: int) -> int | None:
-    """The channel dim after a padding or layout node that keeps channel dim ``at`` whole, else None."""
+    """The channel dim after a padding, layout or broadcasting node that keeps channel dim ``at`` whole,
+    else None."""
+    if (bcast := view.broadcast(node)) is not None:
+        before, after = bcast
+        lead = len(after) - len(before)
+        return at + lead if before[at] == after[at + lead] else None
     padded = view.padded_dims(node)
     if padded is not None:
         ndim = len(shape(node) or ())
@@ -159,7 +165,7 @@ def _subjects(view: OpView, cat: fx.Node, dim: int, offset: int, outer: Upsample
     parts, _ = view.cat_parts(cat)
     subjects: list[Subject] = []
     for part in parts:
-        source, up = _trace_back(view, part)
+        source, up = _trace_back(view, part, dim)
         up = up or outer
         if view.is_cat(source) and shape(source) and view.cat_parts(source)[1] % len(shape(source)) == dim:
             inner = _subjects(view, source, dim, offset, up)  # nested concats flatten
@@ -172,21 +178,61 @@ def _subjects(view: OpView, cat: fx.Node, dim: int, offset: int, outer: Upsample
     return subjects
 
 
-def _trace_back(view: OpView, node: fx.Node) -> tuple[fx.Node, Upsample | None]:
-    """Walk back over scale-preserving and layout ops and at most one interpolation to the producer."""
+def _trace_back(view: OpView, node: fx.Node, dim: int | None) -> tuple[fx.Node, Upsample | None]:
+    """Walk back over scale-preserving and layout ops and at most one interpolation to the producer.
+
+    ``dim`` is the channel dim at ``node`` (followed back through layout ops; ``None`` once lost): an
+    ``expand`` passes only while it repeats other dims, and one that repeats positions is an upsample.
+    """
     up = None
-    while isinstance(node, fx.Node):
+    while True:
+        if (bcast := view.broadcast(node)) is not None:
+            step = _broadcast_step(*bcast, dim)
+            if step is None or (step[1] is not None and up is not None):
+                return node, up
+            dim, factor = step
+            up = Upsample("nearest", factor, None) if factor is not None else up
+            node = view.input_of(node)  # not None: broadcast() read its shape
+            continue
         call = view.upsample(node) if up is None else None
+        passes = call is not None or view.is_transparent(node) or view.is_layout(node)
+        src = view.input_of(node) if passes or view.padded_dims(node) is not None else None
+        if src is None:
+            return node, up
         if call is not None:
-            src = node.args[0]
-            factor = _factor(shape(src), shape(node))
-            up = Upsample(call.mode, factor, call.align_corners)
-            node = src
-        elif view.is_transparent(node) or view.is_layout(node) or view.padded_dims(node) is not None:
-            node = node.args[0]
-        else:
-            break
-    return node, up
+            up = Upsample(call.mode, _factor(shape(src), shape(node)), call.align_corners)
+        elif view.is_layout(node):
+            dim = _dim_before(view, node, src, dim)
+        node = src
+
+
+def _dim_before(view: OpView, node: fx.Node, src: fx.Node, dim: int | None) -> int | None:
+    """The dim of a layout node's input that its output holds at ``dim``, or ``None``."""
+    ndim = len(shape(src) or ())
+    if dim is None or not ndim:
+        return None
+    return next((d for d in range(ndim) if view.channel_dim_after(node, d) == dim), None)
+
+
+def _broadcast_step(
+    before: tuple[int, ...], after: tuple[int, ...], dim: int | None
+) -> tuple[int, tuple[float, ...] | None] | None:
+    """What an expand from ``before`` to ``after`` does to a feature whose channel dim is ``dim`` after it.
+
+    Returns the channel dim before it and, when it repeats positions, the factor of that replicating
+    (nearest) upsample, as for an interpolation from a pooled 1×1 map; ``None`` for the factor when it
+    repeats only the batch. ``None`` when it repeats the channel dim itself, or the dim is not known.
+
+    >>> _broadcast_step((1, 6, 1, 1), (2, 6, 8, 8), 1), _broadcast_step((1, 6, 4, 4), (2, 6, 4, 4), 1)
+    ((1, (8.0, 8.0)), (1, None))
+    """
+    lead = len(after) - len(before)
+    if dim is None or dim < lead or before[dim - lead] != after[dim]:
+        return None
+    sizes = (1,) * lead + before
+    # The batch is dim 0; every other dim but the channel dim holds positions (H, W; tokens).
+    factor = tuple(round(after[j] / sizes[j], 4) for j in range(1, len(after)) if j != dim)
+    return dim - lead, (factor if any(f != 1 for f in factor) else None)
 
 
 def _factor(before: tuple[int, ...] | None, after: tuple[int, ...] | None) -> tuple[float, ...]:
@@ -203,8 +249,9 @@ def _add_site(view: OpView, node: fx.Node) -> AddSite | None:
     for arg in terms:
         if not isinstance(arg, fx.Node) or shape(arg) is None:
             return None
-        source, up = _trace_back(view, arg)
-        width = shape(arg)[1] if len(shape(arg)) > 1 else 1
+        wide = len(shape(arg)) > 1
+        source, up = _trace_back(view, arg, 1 if wide else None)
+        width = shape(arg)[1] if wide else 1
         inputs.append(Subject((0, width), view.describe(source), up))
     if not any(s.upsample for s in inputs):
         return None

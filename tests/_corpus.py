@@ -528,10 +528,11 @@ CORPUS: tuple[Entry, ...] = (
         f"{HF}dpt/modeling_dpt.py:548 DPTReassembleStage.forward: "
         "readout_projects[i](cat((tokens, cls), -1)), "
         "readout_projects[i] = Sequential(Linear(2 * hidden, hidden), GELU): a channels-last Linear fusion "
-        "per backbone output. The fusion stage adds conv outputs (the upsample is followed by a projection "
-        "conv): no add site",
+        "per backbone output; :546 cls = cls_token.unsqueeze(1).expand_as(tokens) repeats one token over "
+        "every position, a replicating (nearest) upsample as from a pooled 1x1 map. The fusion stage adds "
+        "conv outputs (the upsample is followed by a projection conv): no add site",
         tuple(
-            Site(f"neck.reassemble_stage.readout_projects.{i}.0", cat((32, None), (32, None)), "linear", -1)
+            Site(f"neck.reassemble_stage.readout_projects.{i}.0", cat((32, None), (32, N)), "linear", -1)
             for i in range(4)
         ),
         frontends=("export",),

@@ -7,12 +7,16 @@ variance on the device; the accumulator merges them exactly (Chan et al.) in Pyt
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 from torch import nn
 
+from eqsurgeon.call_args import first_input
 from eqsurgeon.records import FusionSite, Moments
+
+# A forward pre-hook registered ``with_kwargs=True``: (module, args, kwargs) -> None.
+_PreHook = Callable[[nn.Module, tuple[object, ...], Mapping[str, object]], None]
 
 
 class MomentHooks:
@@ -38,7 +42,8 @@ class MomentHooks:
     def __enter__(self) -> MomentHooks:
         for site in self.sites:
             module = self.model.get_submodule(site.layer)
-            self._handles.append(module.register_forward_pre_hook(self._hook(site)))
+            # with_kwargs: a layer called ``conv(input=x)`` gets its input as a keyword.
+            self._handles.append(module.register_forward_pre_hook(self._hook(site), with_kwargs=True))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -57,11 +62,12 @@ class MomentHooks:
             a.pending.clear()
         return {layer: tuple(a.moments() for a in accs) for layer, accs in self._acc.items()}
 
-    def _hook(self, site: FusionSite) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], None]:
+    def _hook(self, site: FusionSite) -> _PreHook:
         accs = self._acc[site.layer]
 
-        def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            x = args[0]
+        def hook(module: nn.Module, args: tuple[object, ...], kwargs: Mapping[str, object]) -> None:
+            x = first_input(args, kwargs, module.forward)
+            assert isinstance(x, torch.Tensor), f"{site.layer} was called without its input tensor"
             for subject, acc in zip(site.subjects, accs):
                 start, stop = subject.channels
                 acc.add(x.narrow(site.channel_dim, start, stop - start))
