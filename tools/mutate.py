@@ -54,6 +54,7 @@ SITE_TESTS = (
     "tests/test_capture_sites_units.py",
     "tests/test_graph_ops.py",
     "tests/test_meta_shapes.py",
+    "tests/test_sites_frontends_agree.py",
     "tests/test_sites_leaves.py",
     "tests/test_sites_corpus.py",
     "tests/test_checking.py",
@@ -73,14 +74,19 @@ GROUPS = {
     ),
     "measure": Group(
         ("measure/__init__.py", "measure/hooks.py", "measure/pool.py"),
-        ("tests/test_measure.py", "tests/test_calibration.py"),
+        ("tests/test_measure.py", "tests/test_calibration.py", "tests/test_sites_frontends_agree.py"),
         deselect="not iid_upsampled_maps",  # 25 s under mutmut's tracing, paid again by every survivor
     ),
     "calibration": Group(
         ("calibration.py", "equalize.py"),
         # fold ≡ insert is checked on six fixtures in test_calibration; the zoo-wide equivalence tests
         # (2-4 s per model) would make every surviving mutant here cost minutes
-        ("tests/test_calibration.py", "tests/test_equalize.py", "tests/test_measure.py"),
+        (
+            "tests/test_calibration.py",
+            "tests/test_equalize.py",
+            "tests/test_measure.py",
+            "tests/test_sites_frontends_agree.py",
+        ),
         deselect="not iid_upsampled_maps",
     ),
     "io": Group(  # weights and calibration records: files, state dicts, record JSON
@@ -93,7 +99,7 @@ GROUPS = {
         # 16 s of subprocesses, and the round trips of zoo models (2-5 s each): fixtures cover the same code
         deselect="not across_processes and not zoo",
     ),
-    "find": Group(("capture.py", "sites.py", "graph_ops.py", "op_tables.py"), SITE_TESTS),
+    "find": Group(("capture.py", "sites.py", "graph_ops.py", "op_tables.py", "call_args.py"), SITE_TESTS),
     "channels": Group(("channels.py",), SITE_TESTS),
     "leaves": Group(  # searching inside opaque leaf modules
         ("leaves.py", "inline.py", "shape_tracer.py", "meta_shapes.py"),
