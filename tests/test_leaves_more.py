@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from eqsurgeon import capture as capture_module
 from eqsurgeon import leaves as leaves_module
 from eqsurgeon.capture import capture
 from eqsurgeon.leaves import MAX_DEPTH, LeafGraph, is_opaque, one_line
@@ -521,7 +522,12 @@ class Deep(nn.Module):
         return self.block(self.stem(x))
 
 
-def test_leaves_nested_to_the_depth_limit_are_searched_and_one_deeper_is_reported() -> None:
+@pytest.mark.parametrize("shape_pass", ["meta", "fake"])
+def test_leaves_nested_to_the_depth_limit_are_searched_and_one_deeper_is_reported(
+    shape_pass, monkeypatch
+) -> None:
+    if shape_pass == "fake":  # the fallback: fake tensors throughout, leaves traced as they are reached
+        monkeypatch.setattr(capture_module, "meta_shapes", lambda *a: None)
     innermost = "block" + ".inner" * (MAX_DEPTH - 1)
     with leaves(Chain, KwFuse):
         deepest = _sites(Deep(MAX_DEPTH))

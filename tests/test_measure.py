@@ -435,6 +435,30 @@ def test_cpu_moments_of_a_far_offset_fall_back_to_float64_sums():
     assert abs(float(fast_var) / float(ref.var(unbiased=False)) - 1) > 1e-3  # what the fallback avoids
 
 
+@pytest.mark.parametrize("shape", [(2, 4, 16, 16), (3, 10, 6), (5, 7), (9,)])
+def test_partial_sums_give_the_moments_of_any_layout(shape):
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(4)) * 1.5 + 0.5
+    ref = x.double()
+    mean, var = _partial_moments(x)
+    assert float(mean) == pytest.approx(float(ref.mean()), rel=1e-6)
+    assert float(var) == pytest.approx(float(ref.var(unbiased=False)), rel=1e-6)
+
+
+def test_the_offset_test_sits_at_mean_squared_over_var_25():
+    assert not hooks._cancels(4.99, 1.0) and hooks._cancels(5.01, 1.0)
+    assert not hooks._cancels(-0.499, 0.01) and hooks._cancels(-0.501, 0.01)
+    assert not hooks._cancels(0.0, 0.0)  # a constant zero: nothing to cancel
+
+
+@pytest.mark.parametrize("cancels", [False, True])
+def test_the_exact_float64_moments_are_used_exactly_when_the_sums_cancel(cancels, monkeypatch):
+    far = 1000 + torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.01
+    ref = far.double().var(unbiased=False)
+    monkeypatch.setattr(hooks, "_cancels", lambda mean, var: cancels)
+    _, var = batch_moments(far)
+    assert (abs(float(var) / float(ref) - 1) < 1e-9) == cancels
+
+
 def test_cpu_moments_below_the_far_ratio_come_from_partial_sums(monkeypatch):
     x = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(2)) * 0.1 + 0.3  # mean²/var 9
     ref = x.double()

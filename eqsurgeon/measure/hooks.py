@@ -150,7 +150,7 @@ def batch_moments(x: torch.Tensor, one_pass: bool = False) -> tuple[torch.Tensor
         return mean.double(), var.double()
     x = x.float()
     mean, var = _partial_moments(x)
-    if float(var) * _FAR < float(mean) ** 2:  # an offset far beyond the spread: the sums cancel
+    if _cancels(float(mean), float(var)):
         exact = x.double()
         mean = exact.mean()
         var = (exact - mean).square().mean()
@@ -158,6 +158,15 @@ def batch_moments(x: torch.Tensor, one_pass: bool = False) -> tuple[torch.Tensor
 
 
 _FAR = 25.0  # mean² / var beyond which float32 partial sums may lose more than ~3e-6 of the variance
+
+
+def _cancels(mean: float, var: float) -> bool:
+    """Whether the mean lies so far beyond the spread (mean²/var > ``_FAR``) that partial sums cancel.
+
+    >>> _cancels(5.0, 1.0), _cancels(5.1, 1.0), _cancels(-6.0, 1.0)
+    (False, True, True)
+    """
+    return var * _FAR < mean * mean
 
 
 def _partial_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
