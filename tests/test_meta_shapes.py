@@ -152,24 +152,26 @@ def test_leaves_searched_after_the_meta_pass_equal_the_fake_passs(monkeypatch):
 
 
 class ConstantGain(nn.Module):
-    """A tensor attribute that is neither parameter nor buffer: fx reads it with get_attr."""
+    """A plain tensor attribute of a module the graph also calls whole: the GraphModule keeps that
+    module as it is, so the tensor is neither parameter nor buffer there and functional_call skips it."""
 
     def __init__(self) -> None:
         super().__init__()
         self.a = nn.Conv2d(3, 4, 1)
         self.b = nn.Conv2d(3, 4, 2, stride=2)
         self.fuse = nn.Conv2d(8, 2, 1)
-        self.gain = torch.full((2, 4, 16, 16), 2.0)
+        self.fuse.gain = torch.full((2, 4, 16, 16), 2.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         up = F.interpolate(self.b(x), scale_factor=2.0, mode="bilinear")
-        return self.fuse(torch.cat([self.a(x) * self.gain, up], 1))
+        return self.fuse(torch.cat([self.a(x) * self.fuse.gain, up], 1))
 
 
 def test_a_tensor_attribute_runs_on_meta_as_a_meta_copy():
     model = ConstantGain().eval()
     gm = _traced(model)
+    assert "fuse.gain" not in dict(gm.named_buffers())
     assert meta_shapes(gm, torch.randn(2, 3, 16, 16), lambda m: False) == {}
     (gain,) = (n for n in gm.graph.nodes if n.op == "get_attr")
     assert gain.meta["val"].is_meta and tuple(gain.meta["val"].shape) == (2, 4, 16, 16)
-    assert model.gain.device.type == "cpu" and bool((model.gain == 2).all())
+    assert model.fuse.gain.device.type == "cpu" and bool((model.fuse.gain == 2).all())
