@@ -75,11 +75,11 @@ def test_every_node_gets_the_fake_passs_shape_and_the_model_keeps_its_tensors():
 def test_the_meta_pass_finds_what_the_fake_pass_finds(name, monkeypatch):
     model = (create_model(name[4:], num_classes=3) if name.startswith("zoo:") else FIXTURES[name]()).eval()
     x = torch.randn(2, 3, 64, 64)
-    calls = []
+    results = []
     real = capture_module.meta_shapes
-    monkeypatch.setattr(capture_module, "meta_shapes", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(capture_module, "meta_shapes", lambda *a: results.append(real(*a)) or results[-1])
     fast = _found(model, x, monkeypatch, meta=True)
-    assert calls, "capture did not use the meta pass"
+    assert results and results[-1] is not None, "capture did not get its shapes from the meta pass"
     slow = _found(model, x, monkeypatch, meta=False)
     assert (fast.sites, fast.add_sites, fast.unsearched) == (slow.sites, slow.add_sites, slow.unsearched)
     assert fast.sites or fast.add_sites
@@ -175,3 +175,20 @@ def test_a_tensor_attribute_runs_on_meta_as_a_meta_copy():
     (gain,) = (n for n in gm.graph.nodes if n.op == "get_attr")
     assert gain.meta["val"].is_meta and tuple(gain.meta["val"].shape) == (2, 4, 16, 16)
     assert model.fuse.gain.device.type == "cpu" and bool((model.fuse.gain == 2).all())
+
+
+def test_both_passes_give_the_same_capture_record_with_an_unsearchable_leaf(monkeypatch):
+    from tests.test_sites_leaves import Unsearchable, WithUnsearchable
+
+    x = torch.randn(2, 3, 16, 16)
+    caps = []
+    for meta in (True, False):
+        with registry.scoped(), monkeypatch.context() as m:
+            registry.register_leaf_module(Unsearchable)
+            if not meta:
+                m.setattr(capture_module, "meta_shapes", lambda *a: None)
+            caps.append(capture(WithUnsearchable().eval(), x, "fx"))
+    for cap in caps:
+        assert cap.frontend == "fx" and isinstance(cap.graph_module, fx.GraphModule)
+        assert [u.name for u in cap.unsearched] == ["block"]
+        assert "torch.fx:" in cap.unsearched[0].reason and "torch.export:" in cap.unsearched[0].reason
