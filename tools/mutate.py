@@ -55,6 +55,7 @@ SITE_TESTS = (
     "tests/test_graph_ops.py",
     "tests/test_meta_shapes.py",
     "tests/test_sites_frontends_agree.py",
+    "tests/test_sites_walk_units.py",
     "tests/test_sites_leaves.py",
     "tests/test_sites_corpus.py",
     "tests/test_checking.py",
