@@ -85,10 +85,12 @@ class OpView:
     def is_cat(self, node: fx.Node) -> bool:
         return node.op == "call_function" and (node.target in CAT_FUNCS or op_packet(node) in CAT_ATEN)
 
-    def cat_parts(self, node: fx.Node) -> tuple[list[fx.Node], int]:
+    def cat_parts(self, node: fx.Node) -> tuple[list[fx.Node] | fx.Node, int]:
+        """The concatenated tensors and the dim; the tensors are one node when a module or function
+        returned the whole list (fx records ``cat(self.neck(xs))`` so; export lists the tensors)."""
         parts = node.args[0] if node.args else node.kwargs["tensors"]
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-        return list(parts), int(dim)
+        return (parts if isinstance(parts, fx.Node) else list(parts)), int(dim)
 
     def is_add(self, node: fx.Node) -> bool:
         if node.op == "call_method":

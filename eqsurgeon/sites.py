@@ -163,6 +163,8 @@ def _channels_kept(view: OpView, node: fx.Node, at: int) -> int | None:
 
 def _subjects(view: OpView, cat: fx.Node, dim: int, offset: int, outer: Upsample | None) -> list[Subject]:
     parts, _ = view.cat_parts(cat)
+    if isinstance(parts, fx.Node):
+        return _listed_subjects(view, parts, dim, offset, outer)
     subjects: list[Subject] = []
     for part in parts:
         source, up = _trace_back(view, part, dim)
@@ -174,6 +176,20 @@ def _subjects(view: OpView, cat: fx.Node, dim: int, offset: int, outer: Upsample
             continue
         width = shape(part)[dim]
         subjects.append(Subject((offset, offset + width), view.describe(source), up))
+        offset += width
+    return subjects
+
+
+def _listed_subjects(
+    view: OpView, listed: fx.Node, dim: int, offset: int, outer: Upsample | None
+) -> list[Subject]:
+    """Subjects of a concat whose tensors came as one list from a call the walk cannot enter: each is
+    named ``producer[i]``, its width read from the recorded list; what made each tensor is not seen."""
+    values = listed.meta.get("val")
+    widths = [int(v.shape[dim]) for v in values] if isinstance(values, (list, tuple)) else []
+    subjects = []
+    for i, width in enumerate(widths):
+        subjects.append(Subject((offset, offset + width), f"{view.describe(listed)}[{i}]", outer))
         offset += width
     return subjects
 

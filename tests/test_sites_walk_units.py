@@ -223,3 +223,33 @@ def test_a_concat_of_a_concat_written_with_keywords_flattens_into_one_site():
         fuse=nn.Conv2d(12, 2, 1),
     )
     assert _sources(both(model)) == [[("a", None), ("b", BI2), ("c", None)]]
+
+
+class ListedConcat(nn.Module):
+    """``cat(self.neck([a, up]))``: fx records the neck's list as one node (nn.Identity is kept whole)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 1)
+        self.b = nn.Conv2d(3, 6, 2, stride=2)
+        self.neck = nn.Identity()
+        self.fuse = nn.Conv2d(10, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        up = F.interpolate(self.b(x), scale_factor=2.0, mode="bilinear")
+        return self.fuse(torch.cat(self.neck([self.a(x), up]), 1))
+
+
+def test_a_concat_of_a_list_returned_whole_is_a_site_with_the_lists_widths():
+    from eqsurgeon.api import analyze
+
+    model = ListedConcat().eval()
+    x = torch.randn(2, 3, 16, 16)
+    (fx_site,) = find(capture(model, x, "fx"), model).sites
+    assert fx_site.layer == "fuse" and [s.channels for s in fx_site.subjects] == [(0, 4), (4, 10)]
+    assert [s.source for s in fx_site.subjects] == ["neck[0]", "neck[1]"]
+    assert all(s.upsample is None for s in fx_site.subjects)  # made inside the call: not seen under fx
+    (ex_site,) = find(capture(model, x, "export"), model).sites  # export lists the tensors themselves
+    assert [s.channels for s in ex_site.subjects] == [(0, 4), (4, 10)] and ex_site.subjects[1].upsample
+    moments = analyze(model, [x]).analysis.moments["fuse"]
+    assert [m.count for m in moments] == [2 * 4 * 256, 2 * 6 * 256]
