@@ -2,7 +2,10 @@
 (left, right) pairs from the last dim backwards, given by position or by keyword, and a dim counts as
 padded when either side is nonzero. (fx records ``F.pad``'s keyword as a position; builtins such as
 ``torch.constant_pad_nd`` and aten ops keep theirs.) Padding that reaches the channel dim stops the walk
-(it adds channels); padding elsewhere passes."""
+(it adds channels); padding elsewhere passes.
+
+Indexing between a concat and its fusing layer passes only when it keeps every value in place (a full
+slice, read like a reshape); an index that reorders channels with the same count stops the walk."""
 
 from __future__ import annotations
 
@@ -14,7 +17,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from eqsurgeon import find_sites
-from eqsurgeon.channels import padded_dims
+from eqsurgeon.capture import capture
+from eqsurgeon.channels import layout_op, padded_dims
 
 
 def _pad_node(fn: Callable[[torch.Tensor], torch.Tensor]) -> fx.Node:
@@ -76,3 +80,49 @@ def test_one_sided_spatial_padding_by_keyword_passes(frontend) -> None:
     (site,) = find_sites(model, torch.randn(2, 3, 16, 16), frontend)
     assert site.layer == "fuse" and [s.channels for s in site.subjects] == [(0, 4), (4, 10)]
     assert site.channel_dim == 1 and site.subjects[1].upsample is not None
+
+
+# Channels 1 and 0 swapped: every value kept, the channel order changed. fx records it as ``getitem`` with
+# a list index, export as ``aten.index``.
+SWAPPED = [1, 0, *range(2, 10)]
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_an_index_that_reorders_channels_stops_the_walk(frontend) -> None:
+    """The concat's ranges would name the wrong channels at the layer: no site."""
+    model = PadBetween(lambda t: t[:, SWAPPED], nn.Conv2d(10, 2, 1))
+    assert find_sites(model, torch.randn(2, 3, 16, 16), frontend) == []
+
+
+ATEN_SLICES = [
+    ("aten.slice.Tensor", lambda t: torch.ops.aten.slice.Tensor(t, 1, 0, 10)),
+    ("aten.slice packet", lambda t: torch.ops.aten.slice(t, 1, 0, 10)),
+]
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+@pytest.mark.parametrize(("name", "between"), ATEN_SLICES, ids=[a[0] for a in ATEN_SLICES])
+def test_an_aten_slice_of_every_channel_passes(frontend, name, between) -> None:
+    """ATen's own slice, which torch.export keeps when the model calls it (``t[:, :10]`` becomes an alias),
+    is read like the full ``t[:, :10]`` it is."""
+    (site,) = find_sites(PadBetween(between, nn.Conv2d(10, 2, 1)), torch.randn(2, 3, 16, 16), frontend)
+    assert site.layer == "fuse" and site.status == "ok"
+    assert [s.channels for s in site.subjects] == [(0, 4), (4, 10)] and site.subjects[1].upsample is not None
+
+
+LAYOUT_NAMES = [
+    ("fx", lambda t: t[:, :, :, :], "getitem"),  # export records this one as an alias
+    ("fx", lambda t: torch.ops.aten.slice.Tensor(t, 1, 0, 10), "getitem"),
+    ("export", lambda t: torch.ops.aten.slice.Tensor(t, 1, 0, 10), "getitem"),
+    ("fx", lambda t: t[:, SWAPPED], None),
+]
+
+
+@pytest.mark.parametrize(("frontend", "between", "name"), LAYOUT_NAMES)
+def test_layout_op_names_a_full_slice_getitem_and_not_a_reordering_index(frontend, between, name) -> None:
+    """``layout_op`` says what a node runs: a full slice (fx's ``getitem``, ATen's ``slice``) is
+    ``"getitem"``; an index that reorders channels is no layout op."""
+    graph = capture(PadBetween(between, nn.Conv2d(10, 2, 1)), torch.randn(1, 3, 8, 8), frontend).graph_module
+    (cat,) = [n for n in graph.graph.nodes if "cat" in str(n.target)]
+    (after_cat,) = cat.users
+    assert layout_op(after_cat) == name
