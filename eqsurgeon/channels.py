@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from eqsurgeon.call_args import first_input
+
 aten = torch.ops.aten
 
 # Ops that only rearrange values (layout): they keep a feature's distribution, so walking back from a
@@ -152,7 +154,7 @@ def _selects_all(node: fx.Node, packet: object) -> bool:
             return False
     elif packet is not aten.slice:
         return False
-    before, after = (_value(n) for n in (node.args[0] if node.args else None, node))
+    before, after = _value(first_input(node.args, node.kwargs)), _value(node)  # aten.slice(self=t) too
     return before is not None and after is not None and before.numel() == after.numel()
 
 

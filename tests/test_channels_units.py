@@ -97,6 +97,7 @@ def test_an_index_that_reorders_channels_stops_the_walk(frontend) -> None:
 ATEN_SLICES = [
     ("aten.slice.Tensor", lambda t: torch.ops.aten.slice.Tensor(t, 1, 0, 10)),
     ("aten.slice packet", lambda t: torch.ops.aten.slice(t, 1, 0, 10)),
+    ("aten.slice.Tensor by keyword", lambda t: torch.ops.aten.slice.Tensor(self=t, dim=1, start=0, end=10)),
 ]
 
 
