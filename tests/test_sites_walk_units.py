@@ -253,3 +253,30 @@ def test_a_concat_of_a_list_returned_whole_is_a_site_with_the_lists_widths():
     assert [s.channels for s in ex_site.subjects] == [(0, 4), (4, 10)] and ex_site.subjects[1].upsample
     moments = analyze(model, [x]).analysis.moments["fuse"]
     assert [m.count for m in moments] == [2 * 4 * 256, 2 * 6 * 256]
+
+
+class ListedInsideUpsampled(nn.Module):
+    """A listed concat of three maps, upsampled, then concatenated after another map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 2, 1)
+        self.b = nn.Conv2d(3, 3, 2, stride=2)
+        self.c = nn.Conv2d(3, 4, 2, stride=2)
+        self.d = nn.Conv2d(3, 5, 2, stride=2)
+        self.neck = nn.Identity()
+        self.fuse = nn.Conv2d(14, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inner = torch.cat(self.neck([self.b(x), self.c(x), self.d(x)]), 1)
+        up = F.interpolate(inner, scale_factor=2.0, mode="bilinear")
+        return self.fuse(torch.cat([self.a(x), up], 1))
+
+
+def test_a_listed_concat_nested_behind_an_upsample_flattens_with_its_offsets_and_the_upsample():
+    model = ListedInsideUpsampled().eval()
+    (site,) = find(capture(model, torch.randn(2, 3, 16, 16), "fx"), model).sites
+    assert [s.channels for s in site.subjects] == [(0, 2), (2, 5), (5, 9), (9, 14)]
+    assert [s.source for s in site.subjects] == ["a", "neck[0]", "neck[1]", "neck[2]"]
+    bilinear = Upsample("bilinear", (2.0, 2.0), False)
+    assert [s.upsample for s in site.subjects] == [None, bilinear, bilinear, bilinear]
