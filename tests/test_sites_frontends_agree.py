@@ -26,12 +26,12 @@ BI2 = Upsample("bilinear", (2.0, 2.0), False)
 X = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
 
 
-def both(model: nn.Module, x: torch.Tensor = X) -> Findings:
-    """The findings of both frontends, asserted equal; returns export's."""
+def both(model: nn.Module, x: torch.Tensor = X, keep: str = "export") -> Findings:
+    """The findings of both frontends, asserted equal on everything but node names; returns ``keep``'s."""
     fx_found, ex_found = (find(capture(model, x, fe), model) for fe in ("fx", "export"))
     assert _sites(fx_found) == _sites(ex_found)
     assert _adds(fx_found) == _adds(ex_found)
-    return ex_found
+    return fx_found if keep == "fx" else ex_found
 
 
 def _sites(found: Findings) -> list[tuple[object, ...]]:

@@ -17,6 +17,7 @@ from eqsurgeon import registry
 from eqsurgeon.capture import capture
 from eqsurgeon.records import Upsample
 from eqsurgeon.sites import Findings, find
+from tests import test_sites_frontends_agree as frontends_agree
 
 BI2 = Upsample("bilinear", (2.0, 2.0), False)
 NEAREST2 = Upsample("nearest", (2.0, 2.0), None)
@@ -38,19 +39,13 @@ class Net(nn.Module):
 
 
 def both(model: nn.Module, x: torch.Tensor = X) -> Findings:
-    """The findings of both frontends, asserted equal on everything but export's node names; returns fx's."""
-    fx_found, ex_found = (find(capture(model, x, fe), model) for fe in ("fx", "export"))
-    assert _sites(fx_found) == _sites(ex_found)
-    assert _adds(fx_found) == _adds(ex_found)
-    return fx_found
+    """The findings of both frontends, asserted equal (``test_sites_frontends_agree.both``); returns fx's,
+    whose sources name the model's own nodes."""
+    return frontends_agree.both(model, x, keep="fx")
 
 
 def _sites(found: Findings) -> list[tuple[object, ...]]:
     return [(s.layer, s.channel_dim, [(t.channels, t.upsample) for t in s.subjects]) for s in found.sites]
-
-
-def _adds(found: Findings) -> list[list[tuple[object, ...]]]:
-    return [[(t.channels, t.upsample) for t in a.inputs] for a in found.add_sites]
 
 
 def _sources(found: Findings) -> list[list[tuple[str, Upsample | None]]]:
