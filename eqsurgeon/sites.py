@@ -99,7 +99,10 @@ def _sites_of_cat(view: OpView, cat: fx.Node, calls: Counter[str]) -> list[tuple
             continue
         else:
             channel_dim = 1
-        subjects = tuple(_subjects(view, cat, dim, 0, None))
+        # An empty part (``x[:, :0]``) adds no channel: it has no scale to equalize.
+        subjects = tuple(s for s in _subjects(view, cat, dim, 0, None) if s.channels[1] > s.channels[0])
+        if not subjects:
+            continue
         found.append((consumer, _make_site(view, consumer, fusing, subjects, channel_dim, calls)))
     return found
 
@@ -174,7 +177,8 @@ def _subjects(view: OpView, cat: fx.Node, dim: int, offset: int, outer: Upsample
             subjects.extend(inner)
             offset = inner[-1].channels[1] if inner else offset
             continue
-        width = shape(part)[dim]
+        part_shape = shape(part) or ()
+        width = part_shape[dim] if dim < len(part_shape) else 0  # torch.cat still takes a 1-D empty tensor
         subjects.append(Subject((offset, offset + width), view.describe(source), up))
         offset += width
     return subjects

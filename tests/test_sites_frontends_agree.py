@@ -8,6 +8,7 @@ spelling the two frontends record differently, and both must report the exact sa
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 
 import pytest
@@ -260,6 +261,23 @@ def test_integer_casts_and_channel_slices_stop_the_walk(name, between, fuse_in):
 def test_a_slice_that_drops_channels_before_the_concat_keeps_its_width_but_not_its_upsample():
     model = Branches(lambda m, x: torch.cat([_up(m, x)[:, :3], _up(m, x)[:, 3:]], 1))
     assert _sites(both(model)) == [("fuse", "ok", 1, [((0, 4), None), ((4, 7), None), ((7, 10), None)])]
+
+
+EMPTY_PARTS = [
+    ("x[:, :0]", lambda m, x: torch.cat([x[:, :0], _up(m, x)], 1)),
+    ("1-D empty tensor", lambda m, x: torch.cat([_up(m, x), x.new_zeros(0)], 1)),
+]
+
+
+@pytest.mark.parametrize(("name", "branch"), EMPTY_PARTS, ids=[e[0] for e in EMPTY_PARTS])
+def test_an_empty_part_of_a_concat_is_no_input_of_the_site(name, branch):
+    # An empty input has no variance: it used to make var_ratio NaN, which check passes as "ok".
+    model = Branches(branch)
+    assert _sites(both(model)) == [("fuse", "ok", 1, [((0, 4), None), ((4, 10), BI2)])]
+    analysis = analyze(model, [X], measure=MeasureOptions(frontend="fx")).analysis
+    (site,) = analysis.sites
+    ratio = analysis.var_ratio(site)
+    assert ratio is not None and math.isfinite(ratio) and ratio > 1.0
 
 
 class KeywordsAllTheWay(nn.Module):
