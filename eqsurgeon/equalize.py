@@ -217,7 +217,8 @@ class EqualizedInput(nn.Module):
     def forward(self, *args: object, **kwargs: object) -> torch.Tensor:
         # The input comes as the caller passed it: ``layer(x)``, ``layer(input=x)`` or ``layer(x=x)``.
         key = input_key(args, kwargs, self.layer.forward)
-        assert key is not None, "EqualizedInput was called without the layer's input"
+        if key is None:  # a call without the input fails as the layer alone would fail it
+            return self.layer(*args, **kwargs)
         x = args[0] if key == 0 else kwargs[str(key)]
         assert isinstance(x, torch.Tensor)
         dim = self.channel_dim % x.dim()

@@ -161,6 +161,15 @@ def test_insert_equalizers_keeps_layer_as_child_and_passes_gaps() -> None:
         insert_equalizers(net, "0", [InputStat((1, 3), 0.5, 2.0)])
 
 
+def test_an_equalized_layer_called_without_its_input_fails_as_the_layer_would() -> None:
+    net = nn.Sequential(nn.Conv2d(4, 2, 1))
+    insert_equalizers(net, "0", [InputStat((1, 3), 0.5, 2.0)])
+    with pytest.raises(TypeError, match="missing 1 required positional argument: 'input'"):
+        net[0]()
+    with pytest.raises(TypeError, match="unexpected keyword argument 'x'"):
+        net[0](x=torch.randn(1, 4, 2, 2))
+
+
 def test_fold_runs_where_the_weights_live() -> None:
     # statistics are host floats; weights may sit on a GPU. The meta device catches a mix-up on CPU.
     stats = [InputStat((0, 2), 0.5, 2.0), InputStat((2, 4), 0.1, 0.5)]
