@@ -217,8 +217,8 @@ class EqualizedInput(nn.Module):
     def forward(self, *args: object, **kwargs: object) -> torch.Tensor:
         # The input comes as the caller passed it: ``layer(x)``, ``layer(input=x)`` or ``layer(x=x)``.
         key = input_key(args, kwargs, self.layer.forward)
-        if key is None:  # a call without the input fails as the layer alone would fail it
-            return self.layer(*args, **kwargs)
+        if key is None:  # nothing came by position and no keyword names the input: the layer says so
+            return self.layer(**kwargs)
         x = args[0] if key == 0 else kwargs[str(key)]
         assert isinstance(x, torch.Tensor)
         dim = self.channel_dim % x.dim()
