@@ -86,6 +86,10 @@ def _sites_of_cat(view: OpView, cat: fx.Node, calls: Counter[str]) -> list[tuple
     if out_shape is None:
         return []
     dim = view.cat_parts(cat)[1] % len(out_shape)
+    # An empty part (``x[:, :0]``) adds no channel: it has no scale to equalize.
+    subjects = tuple(s for s in _subjects(view, cat, dim, 0, None) if s.channels[1] > s.channels[0])
+    if not subjects:
+        return []
     found = []
     for consumer, at in _consumers(view, cat, dim):
         fusing = view.fusing(consumer)
@@ -99,10 +103,6 @@ def _sites_of_cat(view: OpView, cat: fx.Node, calls: Counter[str]) -> list[tuple
             continue
         else:
             channel_dim = 1
-        # An empty part (``x[:, :0]``) adds no channel: it has no scale to equalize.
-        subjects = tuple(s for s in _subjects(view, cat, dim, 0, None) if s.channels[1] > s.channels[0])
-        if not subjects:
-            continue
         found.append((consumer, _make_site(view, consumer, fusing, subjects, channel_dim, calls)))
     return found
 

@@ -280,6 +280,24 @@ def test_an_empty_part_of_a_concat_is_no_input_of_the_site(name, branch):
     assert ratio is not None and math.isfinite(ratio) and ratio > 1.0
 
 
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors is a no-op")
+def test_a_concat_of_empty_parts_only_is_no_site():
+    model = Branches(lambda m, x: torch.cat([x[:, :0], x[:, :0]], 1), fuse_in=4)
+    assert _sites(both(model)) == [("fuse", "ok", 1, [((0, 4), None)])]  # the outer concat of a(x) alone
+    assert _sites(both(NothingToFuse())) == []
+
+
+class NothingToFuse(nn.Module):
+    """A concat of empty parts only, into a Linear that takes no feature (torch allows both)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fuse = nn.Linear(0, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fuse(torch.cat([x[:, :0], x[:, :0]], 1).permute(0, 2, 3, 1))
+
+
 class KeywordsAllTheWay(nn.Module):
     """Every op on the way from the upsample to a channels-last Linear takes its tensor by keyword."""
 
