@@ -21,7 +21,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"
 
 # MMSegmentation as the oracle (tests marked parity; `make test` skips them): its own venv, so its pins
-# (mmcv-lite 2.1.0, mmengine, numpy/opencv) never touch .venv. About 0.5 min to install, 3-6 min to run on 2 cores.
+# (mmcv-lite 2.1.0, mmengine, numpy/opencv) never touch .venv. About 0.5 min to install, 1-4 min to run on 2 cores.
 # The files are named because mmsegmentation installs a top-level `tests` package into site-packages,
 # which shadows ours for the other test modules (`from tests._train_helpers import ...`).
 PARITY_VENV := .venv-parity

@@ -271,7 +271,7 @@ EMPTY_PARTS = [
 
 @pytest.mark.parametrize(("name", "branch"), EMPTY_PARTS, ids=[e[0] for e in EMPTY_PARTS])
 def test_an_empty_part_of_a_concat_is_no_input_of_the_site(name, branch):
-    # An empty input has no variance: it used to make var_ratio NaN, which check passes as "ok".
+    # An empty input has no variance: it used to make the site's var_ratio NaN, which analyze showed as [ok].
     model = Branches(branch)
     assert _sites(both(model)) == [("fuse", "ok", 1, [((0, 4), None), ((4, 10), BI2)])]
     analysis = analyze(model, [X], measure=MeasureOptions(frontend="fx")).analysis
